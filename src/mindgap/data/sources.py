@@ -1,0 +1,151 @@
+"""Problem sources: files under data_root, any jsonl/parquet file, or a hub dataset.
+
+Each source's raw fields are mapped to a ``Problem`` by its data config (conf/data/*.yaml),
+never guessed: ``fields`` names the raw columns and ``answer_format`` says how the gold
+answer is read from its column.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from mindgap.config import CONFIG_DIR, DataConfig, to_typed
+from mindgap.errors import ConfigError, DataError
+from mindgap.records import Problem
+from mindgap.verify import last_boxed
+
+
+@dataclass
+class SkippedRecord:
+    """A raw record left out under ``strict=false``, with the reason."""
+
+    id: str
+    reason: str
+
+
+@dataclass
+class LoadedProblems:
+    problems: list[Problem]
+    skipped: list[SkippedRecord] = field(default_factory=list)
+
+
+def data_config(name: str) -> DataConfig:
+    """The data config conf/data/<name>.yaml, typed and validated."""
+    path = CONFIG_DIR / "data" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+        raise ConfigError(f"unknown data config {name!r}; known: {', '.join(known)}")
+    return to_typed(OmegaConf.load(path), DataConfig)
+
+
+def resolve_path(data: DataConfig, data_root: str) -> Path:
+    path = Path(data.path).expanduser()
+    return path if path.is_absolute() else Path(data_root) / path
+
+
+def _raw_rows(data: DataConfig, data_root: str) -> Iterator[dict[str, Any]]:
+    if data.format == "hub":
+        from datasets import load_dataset
+
+        yield from load_dataset(data.path, data.subset, split=data.split)
+        return
+    path = resolve_path(data, data_root)
+    if not path.is_file():
+        raise DataError(
+            f"data '{data.name}': file not found: {path} (set data_root=DIR or MINDGAP_DATA_ROOT, or data.path=FILE)"
+        )
+    if data.format == "parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(path).to_pylist()
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"data '{data.name}': {path}:{line_number} is not valid JSON ({error.msg})") from error
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def gold_answer(value: Any, answer_format: str) -> str:
+    """Read the gold answer from the raw answer field; empty when it cannot be found."""
+    if value is None:
+        return ""
+    if answer_format == "text":
+        return _as_text(value)
+    if answer_format == "gsm8k":
+        text = str(value)
+        if "####" not in text:
+            return ""
+        return text.rsplit("####", 1)[1].strip().replace(",", "")
+    if answer_format == "boxed":
+        return last_boxed(str(value)) or ""
+    if answer_format == "list":
+        items = value if isinstance(value, list) else [value]
+        return ", ".join(_as_text(item).strip("$ ") for item in items)
+    raise ConfigError(f"data.answer_format={answer_format!r} is not supported")
+
+
+def _solution(value: Any, solution_format: str) -> str | None:
+    if value is None:
+        return None
+    if solution_format == "first_of_list":
+        if not isinstance(value, list) or not value:
+            return None
+        value = value[0]
+    text = str(value).strip()
+    return text or None
+
+
+def _to_problem(row: dict[str, Any], index: int, data: DataConfig) -> Problem:
+    fields = data.fields
+    raw_id = row.get(fields.id) if fields.id else index
+    record_id = f"{data.name}/{raw_id if raw_id is not None else index}"
+    for name, column in (("problem", fields.problem), ("answer", fields.answer), ("solution", fields.solution)):
+        if column is not None and column not in row:
+            raise DataError(f"record {record_id}: missing field '{column}' (data.fields.{name})")
+    problem = str(row[fields.problem] or "").strip()
+    if not problem:
+        raise DataError(f"record {record_id}: field '{fields.problem}' is empty")
+    answer = gold_answer(row[fields.answer], data.answer_format)
+    if not answer:
+        raise DataError(
+            f"record {record_id}: no gold answer in field '{fields.answer}' (answer_format={data.answer_format})"
+        )
+    expert_solution = _solution(row[fields.solution], data.solution_format) if fields.solution else None
+    return Problem(id=record_id, problem=problem, answer=answer, expert_solution=expert_solution, dataset=data.name)
+
+
+def load_problems(data: DataConfig, data_root: str, strict: bool = True) -> LoadedProblems:
+    """The first ``data.limit`` problems; bad records raise, or are skipped and listed when not strict."""
+    loaded = LoadedProblems(problems=[])
+    seen: set[str] = set()
+    for index, row in enumerate(_raw_rows(data, data_root)):
+        if data.limit is not None and index >= data.limit:
+            break
+        try:
+            problem = _to_problem(row, index, data)
+            if problem.id in seen:
+                raise DataError(f"record {problem.id}: duplicate id (set data.fields.id to a unique field or null)")
+        except DataError as error:
+            if strict:
+                raise
+            loaded.skipped.append(SkippedRecord(id=f"{data.name}/{index}", reason=str(error)))
+            continue
+        seen.add(problem.id)
+        loaded.problems.append(problem)
+    return loaded

@@ -1,0 +1,42 @@
+"""The ``Generator`` protocol every stage talks to, and the factory that picks a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from mindgap.config import GeneratorConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled response."""
+
+    # Decoded response without the stop token.
+    text: str
+    # Generated ids, the stop token included when one was generated.
+    token_ids: list[int]
+    # Log-prob of each generated id under the sampling distribution (after temperature and top-p).
+    logprobs: list[float]
+    # "stop" (a stop token ended it) or "length" (max_tokens reached).
+    finish_reason: str
+
+
+class Generator(Protocol):
+    """Samples ``sampling.n`` completions for each prompt; same seed, same completions."""
+
+    backend: str
+    # Identifies the weights (see mindgap.models.model_fingerprint).
+    fingerprint: str
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[list[Completion]]: ...
+
+
+def make_generator(config: GeneratorConfig, model_path: str, dtype: str) -> Generator:
+    if config.backend == "hf":
+        from mindgap.generation.hf import HFGenerator
+
+        return HFGenerator(model_path, dtype=dtype, batch_size=config.batch_size)
+    from mindgap.generation.vllm import VLLMGenerator
+
+    return VLLMGenerator(model_path, config)

@@ -1,0 +1,120 @@
+"""A tiny Qwen2-architecture causal LM and a BPE tokenizer, built locally and cached by recipe hash.
+
+The tokenizer is trained with ``tokenizers`` on the task text (problems and expert
+solutions of the corpus sources, plus the prompt templates), gets a chat template, and is
+saved with the model through ``save_pretrained``, so every stage loads it exactly like a
+real model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from mindgap.config import TinyModelConfig
+from mindgap.data.sources import data_config, load_problems
+from mindgap.prompts import GUIDED_REQUEST, TEMPLATES
+
+# Bump when the build procedure changes, so that old cache entries are not reused.
+BUILDER_VERSION = 1
+END_OF_TEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END]
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+_COMPLETE_MARKER = "BUILD_COMPLETE"
+
+
+def corpus_texts(spec: TinyModelConfig, data_root: str) -> list[str]:
+    texts = [template.replace("{input}", "") for template in TEMPLATES.values()] + [GUIDED_REQUEST]
+    for name in spec.corpus:
+        for problem in load_problems(data_config(name), data_root).problems:
+            texts.append(problem.problem)
+            if problem.expert_solution:
+                texts.append(problem.expert_solution)
+    return texts
+
+
+def tiny_model_dir(spec: TinyModelConfig, cache_dir: str, texts: list[str]) -> Path:
+    """Cache directory keyed by the recipe, the builder version and the corpus content."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"spec": dataclasses.asdict(spec), "builder": BUILDER_VERSION}, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return Path(cache_dir).expanduser() / "models" / f"tiny-{digest.hexdigest()[:16]}"
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=IM_END, pad_token=END_OF_TEXT, model_max_length=2048
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def _build(spec: TinyModelConfig, texts: list[str], target: Path) -> None:
+    tokenizer = _train_tokenizer(texts, spec.vocab_size)
+    eos_id, pad_id = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[eos_id, pad_id], pad_token_id=pad_id)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    (target / "recipe.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
+    (target / _COMPLETE_MARKER).touch()
+
+
+def build_tiny_model(spec: TinyModelConfig, cache_dir: str, data_root: str) -> Path:
+    """The directory of the tiny model for ``spec``, built on first use (safe under concurrent builds)."""
+    texts = corpus_texts(spec, data_root)
+    target = tiny_model_dir(spec, cache_dir, texts)
+    if (target / _COMPLETE_MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _build(spec, texts, staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / _COMPLETE_MARKER).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

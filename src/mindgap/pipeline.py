@@ -1,0 +1,35 @@
+"""mindgap-pipeline: rewrite, then train, then evaluate, through the same functions as the three apps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mindgap.app import run_app
+from mindgap.config import CONFIG_DIR, PipelineAppConfig, register_configs
+from mindgap.eval import evaluate
+from mindgap.rewrite import rewrite
+from mindgap.train import train
+
+register_configs()
+
+
+def pipeline(config: PipelineAppConfig, output_dir: Path) -> float:
+    """Run the three stages under ``output_dir/{rewrite,train,eval}``; return the mean eval score."""
+    dataset_path = rewrite(config, output_dir / "rewrite")
+    config.train.dataset_path = str(dataset_path)
+    model_dir = train(config, output_dir / "train")
+    score = evaluate(config, output_dir / "eval", str(model_dir))
+    print(f"mindgap-pipeline: mean eval score {score:.4f}", flush=True)
+    return score
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pipeline")
+def main(cfg: DictConfig) -> float:
+    return run_app(cfg, PipelineAppConfig, pipeline, "pipeline")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The record schema every stage reads and writes (DESIGN.md §3).
+
+A ``Problem`` is one input item: a question with its gold answer and, for training data,
+the expert solution. A ``Record`` is one training example produced by the rewriting stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from datasets import Features, Sequence, Value
+
+from mindgap.errors import DataError
+
+SOURCES = ("self", "guided", "expert")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of a data source, fields already mapped to the common names."""
+
+    # Unique within the source: "<data name>/<raw id or row number>".
+    id: str
+    problem: str
+    # Gold final answer, as text.
+    answer: str
+    # The reference solution; None for sources without one (e.g. AMC23).
+    expert_solution: str | None
+    # Name of the data config it came from.
+    dataset: str
+
+
+@dataclass
+class GeneratorInfo:
+    """Which engine and sampling parameters produced a response (empty backend for expert text)."""
+
+    backend: str = ""
+    model: str = ""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 0
+    seed: int = 0
+
+
+@dataclass
+class Attempts:
+    """How many responses each stage sampled for the record's problem."""
+
+    self_samples: int = 0
+    guided_samples: int = 0
+
+
+@dataclass
+class Record:
+    """One training example: a problem and the response to train on, with its provenance."""
+
+    id: str
+    problem: str
+    answer: str
+    expert_solution: str
+    # self | guided | expert
+    source: str
+    response: str
+    # The exact generated ids (eos included when generated); None for expert text.
+    response_token_ids: list[int] | None
+    # Log-probs of response_token_ids under the sampling distribution, aligned 1:1; None for expert text.
+    behavior_logprobs: list[float] | None
+    # The full prompt the response was generated under (standard or guided).
+    behavior_prompt: str
+    generator: GeneratorInfo = field(default_factory=GeneratorInfo)
+    attempts: Attempts = field(default_factory=Attempts)
+
+    def __post_init__(self) -> None:
+        validate_record(asdict(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FEATURES = Features(
+    {
+        "id": Value("string"),
+        "problem": Value("string"),
+        "answer": Value("string"),
+        "expert_solution": Value("string"),
+        "source": Value("string"),
+        "response": Value("string"),
+        "response_token_ids": Sequence(Value("int32")),
+        "behavior_logprobs": Sequence(Value("float32")),
+        "behavior_prompt": Value("string"),
+        "generator": {
+            "backend": Value("string"),
+            "model": Value("string"),
+            "temperature": Value("float32"),
+            "top_p": Value("float32"),
+            "max_tokens": Value("int32"),
+            "seed": Value("int64"),
+        },
+        "attempts": {"self_samples": Value("int32"), "guided_samples": Value("int32")},
+    }
+)
+
+
+def validate_record(record: dict[str, Any]) -> None:
+    """Raise DataError naming the record when it breaks the contract."""
+    record_id = record.get("id") or "<no id>"
+    for name in ("id", "problem", "answer", "source", "response"):
+        if not isinstance(record.get(name), str) or not record[name].strip():
+            raise DataError(f"record {record_id}: field '{name}' is missing or empty")
+    if record["source"] not in SOURCES:
+        raise DataError(f"record {record_id}: source={record['source']!r} is not one of {', '.join(SOURCES)}")
+    token_ids, logprobs = record.get("response_token_ids"), record.get("behavior_logprobs")
+    if record["source"] != "expert" and not token_ids:
+        raise DataError(f"record {record_id}: a model-generated response needs response_token_ids")
+    if logprobs is not None:
+        if token_ids is None or len(logprobs) != len(token_ids):
+            raise DataError(
+                f"record {record_id}: behavior_logprobs has {len(logprobs)} values for "
+                f"{0 if token_ids is None else len(token_ids)} response tokens"
+            )
+        if not all(math.isfinite(value) for value in logprobs):
+            raise DataError(f"record {record_id}: behavior_logprobs holds a non-finite value")

@@ -1,0 +1,31 @@
+"""mindgap-rewrite: rewrite an expert data set with the model itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mindgap.app import run_app, stage_tracker
+from mindgap.config import CONFIG_DIR, RewriteAppConfig, register_configs
+from mindgap.rewriting.run import run_rewrite_stage
+
+register_configs()
+
+
+def rewrite(config: RewriteAppConfig, output_dir: Path) -> Path:
+    tracker = stage_tracker(config, output_dir, "rewrite")
+    try:
+        return run_rewrite_stage(config, output_dir, tracker)
+    finally:
+        tracker.finish()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="rewrite")
+def main(cfg: DictConfig) -> None:
+    run_app(cfg, RewriteAppConfig, rewrite, "rewrite")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""mindgap-train: fine-tune on rewritten records (running the rewriting stage first when needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mindgap.app import run_app, stage_tracker
+from mindgap.config import CONFIG_DIR, TrainAppConfig, register_configs
+from mindgap.rewrite import rewrite
+from mindgap.training.run import run_training
+
+register_configs()
+
+
+def train(config: TrainAppConfig, output_dir: Path) -> Path:
+    """Train and return the exported model directory."""
+    if config.train.dataset_path is not None:
+        dataset_path = Path(config.train.dataset_path)
+    else:
+        dataset_path = rewrite(config, output_dir / "rewrite")
+    tracker = stage_tracker(config, output_dir, "train")
+    try:
+        return run_training(config, output_dir, dataset_path, tracker.logger)
+    finally:
+        tracker.finish()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_app(cfg, TrainAppConfig, train, "train")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: pure losses, the LightningModule, and the run that exports the model."""

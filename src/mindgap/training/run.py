@@ -1,0 +1,53 @@
+"""Fit a model on a rewritten dataset with the Lightning Trainer and export it for transformers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import Logger
+
+from mindgap.config import TrainAppConfig
+from mindgap.data.datamodule import RecordsDataModule
+from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.training.module import FineTuningModule
+
+EXPORT_DIR = "model"
+
+
+def run_training(config: TrainAppConfig, output_dir: Path, dataset_path: Path, logger: Logger | None) -> Path:
+    """Train on ``dataset_path`` and return the exported Hugging Face model directory."""
+    train = config.train
+    seed_everything(config.seed, workers=True)
+    model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
+    datamodule = RecordsDataModule(
+        str(dataset_path), model_path, config.prompt_type, train.max_length, train.micro_batch_size, config.seed
+    )
+    datamodule.setup("fit")
+    batches_per_epoch = math.ceil(len(datamodule.examples) / train.micro_batch_size)
+    steps_per_epoch = max(1, batches_per_epoch // (train.accumulate_grad_batches * train.devices * train.num_nodes))
+    total_steps = train.max_steps or steps_per_epoch * train.max_epochs
+    module = FineTuningModule(model_path, config.model.dtype, train.optim, total_steps)
+    trainer = Trainer(
+        accelerator=train.accelerator,
+        devices=train.devices,
+        num_nodes=train.num_nodes,
+        precision=train.precision,
+        max_steps=train.max_steps or -1,
+        max_epochs=train.max_epochs,
+        accumulate_grad_batches=train.accumulate_grad_batches,
+        gradient_clip_val=train.optim.grad_clip,
+        logger=logger if logger is not None else False,
+        log_every_n_steps=train.log_every_n_steps,
+        default_root_dir=str(output_dir),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    export_dir = output_dir / EXPORT_DIR
+    if trainer.is_global_zero:
+        assert module.model is not None
+        module.model.save_pretrained(export_dir)
+        load_tokenizer(model_path).save_pretrained(export_dir)
+    return export_dir
