@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from mindgap.config import CommonConfig, to_typed
 from mindgap.errors import MindgapError
@@ -33,6 +35,32 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+
+
+def _describe(error: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages folded into one line."""
+    parts = [str(error).splitlines()[0].strip()] if str(error).strip() else [type(error).__name__]
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        parts.append(str(cause).splitlines()[0].strip())
+    options = getattr(error, "options", None)
+    if options:
+        parts.append(f"available: {', '.join(options)}")
+    full_key = getattr(cause, "full_key", None) or getattr(error, "full_key", None)
+    if full_key:
+        parts.append(f"(key: {full_key})")
+    return " ".join(parts)
+
+
+def run_cli(hydra_main: Callable[[], Any], app: str) -> None:
+    """Console-script entry: composition errors (misspelt key, wrong type, unknown option) as one line."""
+    # Let Hydra's errors reach this function instead of being printed by Hydra over several lines.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"mindgap-{app}: error: {_describe(error)}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def run_app(cfg: DictConfig, schema: type[C], job: Callable[[C, Path], Any], app: str) -> Any:

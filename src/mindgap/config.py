@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -135,7 +135,7 @@ class DataConfig:
     #   text   - the field itself (numbers are printed without a trailing .0)
     #   gsm8k  - the text after the final '####'
     #   boxed  - the content of the last \boxed{...}
-    #   list   - a list of answers, joined with ', ' and stripped of '$'
+    #   list   - a list of answers, joined with ', ', with '$' and a final '.' removed
     answer_format: str = "text"
     # text | first_of_list (OlympiadBench stores a list of solutions).
     solution_format: str = "text"
@@ -351,34 +351,22 @@ class CommonConfig:
 
 
 @dataclass
-class RewriteAppConfig(CommonConfig):
+class MindgapConfig(CommonConfig):
+    """The one schema of all four apps, so an experiment file drives any of them.
+
+    Each app reads the sections it needs: rewrite (generator, rewrite), train (generator,
+    rewrite, train), eval (generator, eval), pipeline (all).
+    """
+
     generator: GeneratorConfig = MISSING
-    rewrite: RewriteConfig = MISSING
-
-
-@dataclass
-class TrainAppConfig(RewriteAppConfig):
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
-class EvalAppConfig(CommonConfig):
-    generator: GeneratorConfig = MISSING
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-@dataclass
-class PipelineAppConfig(TrainAppConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register_configs() -> None:
-    """Put the schemas where the root YAML files find them (``defaults: [<app>_schema, ...]``)."""
-    store = ConfigStore.instance()
-    store.store(name="rewrite_schema", node=RewriteAppConfig)
-    store.store(name="train_schema", node=TrainAppConfig)
-    store.store(name="eval_schema", node=EvalAppConfig)
-    store.store(name="pipeline_schema", node=PipelineAppConfig)
+    """Put the schema where the root YAML files find it (``defaults: [mindgap_schema, ...]``)."""
+    ConfigStore.instance().store(name="mindgap_schema", node=MindgapConfig)
 
 
 def _project_root() -> str:
@@ -397,7 +385,23 @@ def to_typed(cfg: DictConfig, schema: type[T]) -> T:
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from error
     assert dataclasses.is_dataclass(typed)
+    # Keys forced in with '+key=value' survive the merge; the schema has no place for them.
+    unknown = _unknown_keys(OmegaConf.to_container(cfg, resolve=False), dataclasses.asdict(typed))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r} (not in {schema.__name__})")
     return typed
+
+
+def _unknown_keys(given: Any, known: Any, prefix: str = "") -> list[str]:
+    if not isinstance(given, dict) or not isinstance(known, dict):
+        return []
+    unknown = []
+    for key, value in given.items():
+        if key not in known:
+            unknown.append(f"{prefix}{key}")
+        else:
+            unknown.extend(_unknown_keys(value, known[key], f"{prefix}{key}."))
+    return unknown
 
 
 def _one_line(error: OmegaConfBaseException) -> str:

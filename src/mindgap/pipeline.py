@@ -7,8 +7,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mindgap.app import run_app
-from mindgap.config import CONFIG_DIR, PipelineAppConfig, register_configs
+from mindgap.app import run_app, run_cli
+from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
 from mindgap.eval import evaluate
 from mindgap.rewrite import rewrite
 from mindgap.train import train
@@ -16,7 +16,7 @@ from mindgap.train import train
 register_configs()
 
 
-def pipeline(config: PipelineAppConfig, output_dir: Path) -> float:
+def pipeline(config: MindgapConfig, output_dir: Path) -> float:
     """Run the three stages under ``output_dir/{rewrite,train,eval}``; return the mean eval score."""
     dataset_path = rewrite(config, output_dir / "rewrite")
     config.train.dataset_path = str(dataset_path)
@@ -27,8 +27,12 @@ def pipeline(config: PipelineAppConfig, output_dir: Path) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pipeline")
-def main(cfg: DictConfig) -> float:
-    return run_app(cfg, PipelineAppConfig, pipeline, "pipeline")
+def _hydra_main(cfg: DictConfig) -> float:
+    return run_app(cfg, MindgapConfig, pipeline, "pipeline")
+
+
+def main() -> None:
+    run_cli(_hydra_main, "pipeline")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mindgap.app import run_app, stage_tracker
-from mindgap.config import CONFIG_DIR, RewriteAppConfig, register_configs
+from mindgap.app import run_app, run_cli, stage_tracker
+from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
 from mindgap.rewriting.run import run_rewrite_stage
 
 register_configs()
 
 
-def rewrite(config: RewriteAppConfig, output_dir: Path) -> Path:
+def rewrite(config: MindgapConfig, output_dir: Path) -> Path:
     tracker = stage_tracker(config, output_dir, "rewrite")
     try:
         return run_rewrite_stage(config, output_dir, tracker)
@@ -23,8 +23,12 @@ def rewrite(config: RewriteAppConfig, output_dir: Path) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="rewrite")
-def main(cfg: DictConfig) -> None:
-    run_app(cfg, RewriteAppConfig, rewrite, "rewrite")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_app(cfg, MindgapConfig, rewrite, "rewrite")
+
+
+def main() -> None:
+    run_cli(_hydra_main, "rewrite")
 
 
 if __name__ == "__main__":

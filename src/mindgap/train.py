@@ -7,15 +7,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mindgap.app import run_app, stage_tracker
-from mindgap.config import CONFIG_DIR, TrainAppConfig, register_configs
+from mindgap.app import run_app, run_cli, stage_tracker
+from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
 from mindgap.rewrite import rewrite
 from mindgap.training.run import run_training
 
 register_configs()
 
 
-def train(config: TrainAppConfig, output_dir: Path) -> Path:
+def train(config: MindgapConfig, output_dir: Path) -> Path:
     """Train and return the exported model directory."""
     if config.train.dataset_path is not None:
         dataset_path = Path(config.train.dataset_path)
@@ -29,8 +29,12 @@ def train(config: TrainAppConfig, output_dir: Path) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
-    run_app(cfg, TrainAppConfig, train, "train")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_app(cfg, MindgapConfig, train, "train")
+
+
+def main() -> None:
+    run_cli(_hydra_main, "train")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ def gold_answer(value: Any, answer_format: str) -> str:
         return last_boxed(str(value)) or ""
     if answer_format == "list":
         items = value if isinstance(value, list) else [value]
-        return ", ".join(_as_text(item).strip("$ ") for item in items)
+        # OlympiadBench writes each answer in math mode, several per item too: ['$69$,$84$'].
+        return ", ".join(_as_text(item).replace("$", "").strip().rstrip(".").strip() for item in items)
     raise ConfigError(f"data.answer_format={answer_format!r} is not supported")
 
 

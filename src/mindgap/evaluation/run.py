@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mindgap.config import DataConfig, EvalAppConfig, PipelineAppConfig
+from mindgap.config import DataConfig, MindgapConfig
 from mindgap.data.sources import data_config, load_problems
 from mindgap.generation import make_generator
 from mindgap.models import load_tokenizer, model_fingerprint
@@ -17,14 +17,12 @@ from mindgap.verify import extract_answer, is_correct
 RESULTS = "results.json"
 
 
-def _benchmarks(config: EvalAppConfig | PipelineAppConfig) -> list[DataConfig]:
+def _benchmarks(config: MindgapConfig) -> list[DataConfig]:
     names = config.eval.benchmarks or [config.data.name]
     return [config.data if name == config.data.name else data_config(name) for name in names]
 
 
-def run_evaluation(
-    config: EvalAppConfig | PipelineAppConfig, output_dir: Path, model_path: str, tracker: Tracker
-) -> dict[str, Any]:
+def run_evaluation(config: MindgapConfig, output_dir: Path, model_path: str, tracker: Tracker) -> dict[str, Any]:
     """Write ``<bench>/samples.jsonl`` and ``results.json``; return the results."""
     sampling = config.eval.sampling
     generator = make_generator(config.generator, model_path, config.model.dtype)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from mindgap.config import RewriteAppConfig
+from mindgap.config import MindgapConfig
 from mindgap.data.sources import SkippedRecord, load_problems
 from mindgap.errors import DataError
 from mindgap.fingerprints import problems_fingerprint
@@ -37,7 +37,7 @@ def _with_expert_solution(problems: list[Problem], strict: bool, skipped: list[S
     return usable
 
 
-def run_rewrite_stage(config: RewriteAppConfig, output_dir: Path, tracker: Tracker) -> Path:
+def run_rewrite_stage(config: MindgapConfig, output_dir: Path, tracker: Tracker) -> Path:
     """Write ``output_dir/dataset`` (Arrow) and ``output_dir/manifest.json``; return the dataset path."""
     started = time.time()
     loaded = load_problems(config.data, config.data_root, strict=config.rewrite.strict)

@@ -8,7 +8,7 @@ from pathlib import Path
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import Logger
 
-from mindgap.config import TrainAppConfig
+from mindgap.config import MindgapConfig
 from mindgap.data.datamodule import RecordsDataModule
 from mindgap.models import load_tokenizer, resolve_model_path
 from mindgap.training.module import FineTuningModule
@@ -16,7 +16,7 @@ from mindgap.training.module import FineTuningModule
 EXPORT_DIR = "model"
 
 
-def run_training(config: TrainAppConfig, output_dir: Path, dataset_path: Path, logger: Logger | None) -> Path:
+def run_training(config: MindgapConfig, output_dir: Path, dataset_path: Path, logger: Logger | None) -> Path:
     """Train on ``dataset_path`` and return the exported Hugging Face model directory."""
     train = config.train
     seed_everything(config.seed, workers=True)

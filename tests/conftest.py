@@ -1,0 +1,57 @@
+"""Shared fixtures: one model cache per test session, the shared data, and the tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mindgap.config import PROJECT_ROOT, TinyModelConfig
+
+DATA_ROOT = str(PROJECT_ROOT.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Built models go to a per-session cache; W&B never leaves the machine."""
+    os.environ["MINDGAP_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> str:
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(_isolated_environment: None) -> str:
+    from mindgap.models.tiny import build_tiny_model
+
+    return str(build_tiny_model(TinyModelConfig(), os.environ["MINDGAP_CACHE_DIR"], DATA_ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_path: str):
+    from mindgap.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_path)
+
+
+def run_app_subprocess(module: str, *overrides: str, cwd: Path | None = None):
+    """Run ``python -m mindgap.<module> overrides...`` and return the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", f"mindgap.{module}", *overrides],
+        capture_output=True,
+        text=True,
+        cwd=cwd or PROJECT_ROOT,
+        env=os.environ.copy(),
+        timeout=600,
+    )

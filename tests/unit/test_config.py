@@ -1,0 +1,94 @@
+"""Every committed config composes and validates; bad keys and values fail fast, in one line."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mindgap.config import (
+    CONFIG_DIR,
+    MindgapConfig,
+    TinyModelConfig,
+    register_configs,
+    to_typed,
+)
+from mindgap.errors import ConfigError
+from tests.conftest import run_app_subprocess
+
+APPS = ("rewrite", "train", "eval", "pipeline")
+GROUPS = ("model", "data", "logger", "generator", "rewrite")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _compose(app: str, overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose(app, overrides=["output_dir=/tmp/unused", *overrides], return_hydra_config=False)
+
+
+FILL_REQUIRED = {"model": {"local": ["model.name_or_path=/some/dir"]}, "data": {"file": ["data.path=/some/file.jsonl"]}}
+
+
+@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("experiment", [None, *_options("experiment")])
+def test_every_app_and_experiment_composes(app: str, experiment: str | None) -> None:
+    overrides = [] if experiment is None else [f"experiment={experiment}"]
+    typed = to_typed(_compose(app, overrides), MindgapConfig)
+    assert typed.output_dir == "/tmp/unused"
+    assert typed.data_root.endswith("shared/data")
+
+
+@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(group, option) for group in GROUPS for option in _options(group)],
+)
+def test_every_group_option_composes(app: str, group: str, option: str) -> None:
+    overrides = [f"{group}={option}", *FILL_REQUIRED.get(group, {}).get(option, [])]
+    typed = to_typed(_compose(app, overrides), MindgapConfig)
+    node = getattr(typed, group)
+    assert node is not None
+
+
+def test_sweep_configs_compose() -> None:
+    for sweep in _options("sweep"):
+        cfg = _compose("pipeline", [f"+sweep={sweep}"])
+        assert OmegaConf.select(cfg, "seed") is not None
+
+
+def test_data_limit_and_common_keys_override() -> None:
+    typed = to_typed(_compose("rewrite", ["data=math500", "data.limit=3", "seed=7", "logger=csv"]), MindgapConfig)
+    assert (typed.data.name, typed.data.limit, typed.seed, typed.logger.backend) == ("math500", 3, 7, "csv")
+
+
+def test_tiny_model_must_have_head_dim_64() -> None:
+    with pytest.raises(ConfigError, match="head dim of 64"):
+        TinyModelConfig(hidden_size=64, num_attention_heads=4)
+
+
+def test_value_checks_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"rewrite\.guided_sampling\.top_p=1\.5"):
+        to_typed(_compose("rewrite", ["rewrite.guided_sampling.top_p=1.5"]), MindgapConfig)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.limt=3", "Key 'limt' not in 'DataConfig'"),
+        ("data.limit=abc", "could not be converted to Integer"),
+        ("+extra_key=1", "unknown config key 'extra_key'"),
+        ("model=no_such_model", "Could not find 'model/no_such_model'"),
+        ("model.dtype=fp8", "model.dtype='fp8' is not one of"),
+    ],
+)
+def test_bad_config_fails_fast_with_one_line(override: str, expected: str) -> None:
+    result = run_app_subprocess("rewrite", override, "output_dir=/tmp/never-written")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mindgap-rewrite: error: ")
+    assert expected in lines[0]

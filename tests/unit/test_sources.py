@@ -1,0 +1,158 @@
+"""Every shared data set loads with its own field mapping; user files and bad records are handled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mindgap.config import DataConfig, FieldsConfig
+from mindgap.data.sources import data_config, gold_answer, load_problems
+from mindgap.errors import ConfigError, DataError
+
+# (data config, records, first id, first gold answer, first record has an expert solution)
+SHARED = [
+    ("gsm8k_train", 7473, "gsm8k_train/0", "72", True),
+    ("gsm8k_test", 1319, "gsm8k_test/0", "18", True),
+    ("math500", 500, "math500/test/precalculus/807.json", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+    ("minerva_math", 272, "minerva_math/0", "1.6", True),
+    ("olympiadbench", 675, "olympiadbench/1606", "2", True),
+    ("aime24", 30, "aime24/60", "204", True),
+    ("amc23", 40, "amc23/0", "27", False),
+]
+
+
+@pytest.mark.parametrize(("name", "count", "first_id", "first_answer", "has_solution"), SHARED)
+def test_shared_data_counts_and_mapping(
+    name: str, count: int, first_id: str, first_answer: str, has_solution: bool, data_root: str
+) -> None:
+    loaded = load_problems(data_config(name), data_root)
+    assert len(loaded.problems) == count
+    assert loaded.skipped == []
+    first = loaded.problems[0]
+    assert (first.id, first.answer, first.dataset) == (first_id, first_answer, name)
+    assert (first.expert_solution is not None) == has_solution
+    assert len({problem.id for problem in loaded.problems}) == count
+
+
+def test_olympiadbench_multiple_answers_are_joined(data_root: str) -> None:
+    problems = load_problems(data_config("olympiadbench"), data_root).problems
+    answers = {problem.answer for problem in problems}
+    assert "69,84" in answers  # raw: ['$69$,$84$']
+    assert "(-6,6), (2,6)" in answers  # raw: ['$(-6,6)$, $(2,6)$']
+    assert all("$" not in answer for answer in answers)
+
+
+def test_limit_keeps_first_problems(data_root: str) -> None:
+    config = data_config("gsm8k_train")
+    config.limit = 5
+    problems = load_problems(config, data_root).problems
+    assert [problem.id for problem in problems] == [f"gsm8k_train/{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("value", "answer_format", "expected"),
+    [
+        ("a\nb\n#### 1,234", "gsm8k", "1234"),
+        ("so $x=\\boxed{\\frac{1}{2}}$ and \\boxed{3}", "boxed", "3"),
+        ("no box here", "boxed", ""),
+        (27.0, "text", "27"),
+        (2.5, "text", "2.5"),
+        (["$3$", "$4$."], "list", "3, 4"),
+        ("no hashes", "gsm8k", ""),
+    ],
+)
+def test_gold_answer_formats(value: object, answer_format: str, expected: str) -> None:
+    assert gold_answer(value, answer_format) == expected
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=str(tmp_path / "train" / "gsm8k" / "train.jsonl")):
+        load_problems(data_config("gsm8k_train"), str(tmp_path))
+
+
+def test_unknown_data_config_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="known: .*gsm8k_train"):
+        data_config("gsm9k")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+USER_ROWS = [
+    {"uid": "a", "q": "What is 1+1?", "sol": "1+1=2. \\boxed{2}"},
+    {"uid": "b", "q": "What is 2+2?", "sol": "It is \\boxed{4}."},
+]
+USER_FIELDS = FieldsConfig(id="uid", problem="q", solution="sol", answer="sol")
+
+
+def test_user_jsonl_with_field_mapping(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "mine.jsonl", USER_ROWS)
+    config = DataConfig(name="mine", path=str(tmp_path / "mine.jsonl"), fields=USER_FIELDS, answer_format="boxed")
+    problems = load_problems(config, data_root="/unused").problems
+    assert [(p.id, p.problem, p.answer) for p in problems] == [
+        ("mine/a", "What is 1+1?", "2"),
+        ("mine/b", "What is 2+2?", "4"),
+    ]
+
+
+def test_user_parquet_file(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(USER_ROWS), tmp_path / "mine.parquet")
+    config = DataConfig(name="mine", format="parquet", path="mine.parquet", fields=USER_FIELDS, answer_format="boxed")
+    problems = load_problems(config, data_root=str(tmp_path)).problems
+    assert [p.answer for p in problems] == ["2", "4"]
+
+
+def test_hub_format_loads_through_datasets(tmp_path: Path) -> None:
+    # load_dataset takes a hub id or a local dataset directory through the same call.
+    (tmp_path / "repo").mkdir()
+    _write_jsonl(tmp_path / "repo" / "train.jsonl", USER_ROWS)
+    config = DataConfig(
+        name="hubby",
+        format="hub",
+        path=str(tmp_path / "repo"),
+        split="train",
+        fields=USER_FIELDS,
+        answer_format="boxed",
+    )
+    problems = load_problems(config, data_root="/unused").problems
+    assert [p.id for p in problems] == ["hubby/a", "hubby/b"]
+
+
+BAD_ROWS = [
+    {"uid": "ok", "q": "Fine?", "sol": "\\boxed{1}"},
+    {"uid": "no-answer", "q": "Where is the box?", "sol": "nothing boxed"},
+    {"uid": "no-field", "sol": "\\boxed{1}"},
+    {"uid": "empty", "q": "  ", "sol": "\\boxed{1}"},
+]
+
+
+def test_bad_records_raise_naming_the_record(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "bad.jsonl", BAD_ROWS)
+    config = DataConfig(name="bad", path=str(tmp_path / "bad.jsonl"), fields=USER_FIELDS, answer_format="boxed")
+    with pytest.raises(DataError, match="record bad/no-answer: no gold answer in field 'sol'"):
+        load_problems(config, data_root="/unused")
+
+
+def test_bad_records_are_counted_when_not_strict(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "bad.jsonl", BAD_ROWS)
+    config = DataConfig(name="bad", path=str(tmp_path / "bad.jsonl"), fields=USER_FIELDS, answer_format="boxed")
+    loaded = load_problems(config, data_root="/unused", strict=False)
+    assert [p.id for p in loaded.problems] == ["bad/ok"]
+    reasons = [skip.reason for skip in loaded.skipped]
+    assert len(reasons) == 3
+    assert "no gold answer" in reasons[0]
+    assert "missing field 'q'" in reasons[1]
+    assert "field 'q' is empty" in reasons[2]
+
+
+def test_invalid_json_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.jsonl").write_text(json.dumps(USER_ROWS[0]) + "\n{not json\n")
+    config = DataConfig(name="broken", path=str(tmp_path / "broken.jsonl"), fields=USER_FIELDS)
+    with pytest.raises(DataError, match=r"broken\.jsonl:2 is not valid JSON"):
+        load_problems(config, data_root="/unused")
