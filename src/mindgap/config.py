@@ -178,23 +178,14 @@ class LoggerConfig:
 class GeneratorConfig:
     """The engine that samples responses; sampling parameters belong to each stage."""
 
-    # hf (transformers generate; the CPU default) | vllm
+    # hf: transformers generate (batched, seeded; the CPU default).
     backend: str = "hf"
-    # Prompts per forward batch (hf backend).
+    # Prompts per forward batch.
     batch_size: int = 16
-    # vLLM engine settings.
-    gpu_memory_utilization: float = 0.85
-    tensor_parallel_size: int = 1
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
-        _require_choice("generator.backend", self.backend, ("hf", "vllm"))
+        _require_choice("generator.backend", self.backend, ("hf",))
         _require_positive("generator.batch_size", self.batch_size)
-        _require_positive("generator.tensor_parallel_size", self.tensor_parallel_size)
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"generator.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
 
 
 @dataclass

@@ -73,7 +73,7 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
 
 
 def test_unknown_data_config_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match="known: .*gsm8k_train"):
+    with pytest.raises(ConfigError, match=r"known: .*gsm8k_train"):
         data_config("gsm9k")
 
 

@@ -33,10 +33,6 @@ class Generator(Protocol):
 
 
 def make_generator(config: GeneratorConfig, model_path: str, dtype: str) -> Generator:
-    if config.backend == "hf":
-        from mindgap.generation.hf import HFGenerator
+    from mindgap.generation.hf import HFGenerator
 
-        return HFGenerator(model_path, dtype=dtype, batch_size=config.batch_size)
-    from mindgap.generation.vllm import VLLMGenerator
-
-    return VLLMGenerator(model_path, config)
+    return HFGenerator(model_path, dtype=dtype, batch_size=config.batch_size)

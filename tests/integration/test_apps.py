@@ -1,0 +1,96 @@
+"""The four apps end to end through their command lines, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.conftest import run_app_subprocess
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_pipeline_rewrites_trains_and_evaluates(tmp_path: Path) -> None:
+    out = tmp_path / "smoke"
+    result = run_app_subprocess("pipeline", "experiment=smoke", f"output_dir={out}", "logger=wandb")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"mindgap-pipeline: outputs in {out}" in result.stdout
+
+    manifest = json.loads((out / "rewrite" / "manifest.json").read_text())
+    assert manifest["problems"] == 8
+    assert sum(manifest["counts_per_source"].values()) == manifest["records"] >= 8
+    assert manifest["stages"]["self"]["sampled"] == 16
+    assert manifest["config"]["rewrite"]["strategy"] == "mind_the_gap"
+    records = load_from_disk(str(out / "rewrite" / "dataset"))
+    assert len(records) == manifest["records"]
+
+    model_dir = out / "train" / "model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.model_type == "qwen2" and tokenizer.eos_token == "<|im_end|>"
+
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["benchmarks"]["gsm8k_test"]["problems"] == 8
+    assert results["model"]["path"] == str(model_dir)
+    samples = (out / "eval" / "gsm8k_test" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 8
+
+    # One offline W&B run per stage.
+    for stage in ("rewrite", "train", "eval"):
+        assert len(list((out / stage / "wandb").glob("offline-run-*"))) == 1, stage
+
+
+def test_rewrite_app_skips_bad_records_when_not_strict(tmp_path: Path) -> None:
+    data = tmp_path / "mine.jsonl"
+    rows = [
+        {"q": "What is 1+1?", "sol": "1+1=2\n#### 2"},
+        {"q": "What is 2+2?", "sol": "no final answer line"},
+        {"q": "What is 3+3?", "sol": "3+3=6\n#### 6"},
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = [
+        "data=file",
+        f"data.path={data}",
+        "data.fields.problem=q",
+        "data.fields.solution=sol",
+        "data.fields.answer=sol",
+        "data.answer_format=gsm8k",
+        "rewrite=none",
+        "logger=csv",
+    ]
+    strict = run_app_subprocess("rewrite", *common, f"output_dir={tmp_path / 'strict'}")
+    assert strict.returncode == 2
+    assert strict.stderr.strip() == (
+        "mindgap-rewrite: error: record file/1: no gold answer in field 'sol' (answer_format=gsm8k)"
+    )
+
+    lenient = run_app_subprocess("rewrite", *common, "rewrite.strict=false", f"output_dir={tmp_path / 'lenient'}")
+    assert lenient.returncode == 0, lenient.stderr[-3000:]
+    manifest = json.loads((tmp_path / "lenient" / "manifest.json").read_text())
+    assert manifest["counts_per_source"] == {"expert": 2}
+    assert [skip["id"] for skip in manifest["skipped"]] == ["file/1"]
+    records = load_from_disk(str(tmp_path / "lenient" / "dataset"))
+    assert records[0]["response"] == "1+1=2\nThe final answer is $\\boxed{2}$."
+    assert list((tmp_path / "lenient" / "csv").glob("*/rewrite_samples.csv"))
+
+
+def test_eval_app_on_a_named_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = run_app_subprocess(
+        "eval",
+        "data=math500",
+        "data.limit=2",
+        "eval.sampling.max_tokens=8",
+        "eval.sampling.n=2",
+        "eval.sampling.temperature=1.0",
+        f"output_dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["benchmarks"]["math500"]["problems"] == 2
+    assert "avg@2" in results["mean"]
+    assert len((out / "math500" / "samples.jsonl").read_text().splitlines()) == 4
