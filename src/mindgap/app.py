@@ -74,8 +74,14 @@ def run_app(cfg: DictConfig, schema: type[C], job: Callable[[C, Path], Any], app
     except MindgapError as error:
         print(f"mindgap-{app}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
-    print(f"mindgap-{app}: outputs in {output_dir}", flush=True)
+    if is_rank_zero():
+        print(f"mindgap-{app}: outputs in {output_dir}", flush=True)
     return result
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes a multi-process training run starts (they re-run the app)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def stage_tracker(config: CommonConfig, save_dir: Path, stage: str) -> Tracker:

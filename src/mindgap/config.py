@@ -256,11 +256,50 @@ class OptimConfig:
 
 
 @dataclass
+class LossConfig:
+    """The training objective (DESIGN.md §1, "The loss family")."""
+
+    # sft: mean negative log-likelihood over the loss tokens.
+    name: str = "sft"
+
+    def __post_init__(self) -> None:
+        _require_choice("train.loss.name", self.name, ("sft",))
+
+
+@dataclass
+class StrategyConfig:
+    """How training is spread over devices (a Lightning strategy)."""
+
+    # single: one device | ddp: data parallel, one process per device (gloo on CPU)
+    name: str = "single"
+    # cpu | gpu | auto
+    accelerator: str = "auto"
+    # Devices (processes) per node.
+    devices: int = 1
+    num_nodes: int = 1
+    # Lightning precision string: 32-true | bf16-mixed | bf16-true | 16-mixed
+    precision: str = "32-true"
+
+    def __post_init__(self) -> None:
+        _require_choice("train.strategy.name", self.name, ("single", "ddp"))
+        _require_choice("train.strategy.accelerator", self.accelerator, ("cpu", "gpu", "auto"))
+        _require_choice("train.strategy.precision", self.precision, ("32-true", "bf16-mixed", "bf16-true", "16-mixed"))
+        _require_positive("train.strategy.devices", self.devices)
+        _require_positive("train.strategy.num_nodes", self.num_nodes)
+        if self.name == "single" and self.devices * self.num_nodes != 1:
+            raise ConfigError("train.strategy: name=single runs on one device; use strategy=ddp for more")
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+@dataclass
 class TrainConfig:
     """Supervised fine-tuning on the (rewritten) records."""
 
-    # Loss: sft
-    loss: str = "sft"
+    loss: LossConfig = field(default_factory=LossConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     micro_batch_size: int = 4
     accumulate_grad_batches: int = 1
@@ -269,28 +308,17 @@ class TrainConfig:
     max_epochs: int = 1
     # Prompt + response tokens; longer records are truncated from the end.
     max_length: int = 2048
-    # cpu | gpu | auto
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    # Lightning precision string: 32-true | bf16-mixed | bf16-true | 16-mixed
-    precision: str = "32-true"
-    # A rewritten dataset directory to train on; null runs (or reuses) the rewriting stage.
+    # A rewritten dataset directory to train on; null runs the rewriting stage first.
     dataset_path: str | None = None
     log_every_n_steps: int = 1
 
     def __post_init__(self) -> None:
-        _require_choice("train.loss", self.loss, ("sft",))
-        _require_choice("train.accelerator", self.accelerator, ("cpu", "gpu", "auto"))
-        _require_choice("train.precision", self.precision, ("32-true", "bf16-mixed", "bf16-true", "16-mixed"))
         for name in (
             "micro_batch_size",
             "accumulate_grad_batches",
             "max_steps",
             "max_epochs",
             "max_length",
-            "devices",
-            "num_nodes",
             "log_every_n_steps",
         ):
             _require_positive(f"train.{name}", getattr(self, name))

@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mindgap.app import run_app, run_cli
+from mindgap.app import is_rank_zero, run_app, run_cli
 from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
 from mindgap.eval import evaluate
 from mindgap.rewrite import rewrite
@@ -21,8 +21,12 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
     dataset_path = rewrite(config, output_dir / "rewrite")
     config.train.dataset_path = str(dataset_path)
     model_dir = train(config, output_dir / "train")
+    if not is_rank_zero():
+        # A multi-process training run re-runs the app in each extra process; only rank zero evaluates.
+        return float("nan")
     score = evaluate(config, output_dir / "eval", str(model_dir))
-    print(f"mindgap-pipeline: mean eval score {score:.4f}", flush=True)
+    if is_rank_zero():
+        print(f"mindgap-pipeline: mean eval score {score:.4f}", flush=True)
     return score
 
 

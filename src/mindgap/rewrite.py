@@ -9,12 +9,16 @@ from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
 from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
-from mindgap.rewriting.run import run_rewrite_stage
+from mindgap.rewriting.run import finished_dataset, run_rewrite_stage
 
 register_configs()
 
 
 def rewrite(config: MindgapConfig, output_dir: Path) -> Path:
+    """Rewrite into ``output_dir``, reusing a dataset already written there for the same inputs."""
+    finished = finished_dataset(config, output_dir)
+    if finished is not None:
+        return finished
     tracker = stage_tracker(config, output_dir, "rewrite")
     try:
         return run_rewrite_stage(config, output_dir, tracker)

@@ -94,3 +94,19 @@ def test_eval_app_on_a_named_benchmark(tmp_path: Path) -> None:
     assert results["benchmarks"]["math500"]["problems"] == 2
     assert "avg@2" in results["mean"]
     assert len((out / "math500" / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_train_app_with_two_ddp_processes_reuses_the_rewritten_dataset(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    args = ["experiment=smoke", "strategy=ddp", "train.strategy.accelerator=cpu", f"output_dir={out}"]
+    result = run_app_subprocess("train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("mindgap-train: outputs in") == 1
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    manifest = out / "rewrite" / "manifest.json"
+    written = manifest.stat().st_mtime_ns
+    assert AutoModelForCausalLM.from_pretrained(out / "model").config.model_type == "qwen2"
+
+    again = run_app_subprocess("train", *args, "train.max_steps=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert manifest.stat().st_mtime_ns == written

@@ -17,7 +17,7 @@ from mindgap.errors import ConfigError
 from tests.conftest import run_app_subprocess
 
 APPS = ("rewrite", "train", "eval", "pipeline")
-GROUPS = ("model", "data", "logger", "generator", "rewrite")
+GROUPS = ("model", "data", "logger", "generator", "rewrite", "loss", "strategy")
 
 
 def _options(group: str) -> list[str]:

@@ -12,7 +12,7 @@ from datasets import Dataset
 from mindgap.config import MindgapConfig
 from mindgap.data.sources import SkippedRecord, load_problems
 from mindgap.errors import DataError
-from mindgap.fingerprints import problems_fingerprint
+from mindgap.fingerprints import config_fingerprint, problems_fingerprint
 from mindgap.generation import make_generator
 from mindgap.models import load_tokenizer, model_fingerprint, resolve_model_path
 from mindgap.records import FEATURES, Problem
@@ -37,6 +37,28 @@ def _with_expert_solution(problems: list[Problem], strict: bool, skipped: list[S
     return usable
 
 
+def stage_fingerprint(config: MindgapConfig) -> str:
+    """Identifies what the stage computes: the same fingerprint means the same dataset."""
+    inputs = {
+        "model": dataclasses.asdict(config.model),
+        "data": dataclasses.asdict(config.data),
+        "generator": dataclasses.asdict(config.generator),
+        "rewrite": dataclasses.asdict(config.rewrite),
+        "prompt_type": config.prompt_type,
+        "seed": config.seed,
+    }
+    return config_fingerprint(inputs)
+
+
+def finished_dataset(config: MindgapConfig, output_dir: Path) -> Path | None:
+    """The dataset already written to ``output_dir`` by a run with the same fingerprint, if any."""
+    manifest_path = output_dir / MANIFEST
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    return output_dir / DATASET_DIR if manifest.get("fingerprint") == stage_fingerprint(config) else None
+
+
 def run_rewrite_stage(config: MindgapConfig, output_dir: Path, tracker: Tracker) -> Path:
     """Write ``output_dir/dataset`` (Arrow) and ``output_dir/manifest.json``; return the dataset path."""
     started = time.time()
@@ -52,6 +74,7 @@ def run_rewrite_stage(config: MindgapConfig, output_dir: Path, tracker: Tracker)
     rows = [record.to_dict() for record in outcome.records]
     Dataset.from_list(rows, features=FEATURES).save_to_disk(str(dataset_dir))
     manifest = {
+        "fingerprint": stage_fingerprint(config),
         "records": len(rows),
         "problems": len(problems),
         "counts_per_source": outcome.counts_per_source(),

@@ -26,14 +26,15 @@ def run_training(config: MindgapConfig, output_dir: Path, dataset_path: Path, lo
     )
     datamodule.setup("fit")
     batches_per_epoch = math.ceil(len(datamodule.examples) / train.micro_batch_size)
-    steps_per_epoch = max(1, batches_per_epoch // (train.accumulate_grad_batches * train.devices * train.num_nodes))
+    steps_per_epoch = max(1, batches_per_epoch // (train.accumulate_grad_batches * train.strategy.world_size))
     total_steps = train.max_steps or steps_per_epoch * train.max_epochs
     module = FineTuningModule(model_path, config.model.dtype, train.optim, total_steps)
     trainer = Trainer(
-        accelerator=train.accelerator,
-        devices=train.devices,
-        num_nodes=train.num_nodes,
-        precision=train.precision,
+        accelerator=train.strategy.accelerator,
+        devices=train.strategy.devices,
+        num_nodes=train.strategy.num_nodes,
+        strategy="ddp" if train.strategy.name == "ddp" else "auto",
+        precision=train.strategy.precision,
         max_steps=train.max_steps or -1,
         max_epochs=train.max_epochs,
         accumulate_grad_batches=train.accumulate_grad_batches,
