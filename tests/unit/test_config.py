@@ -50,8 +50,11 @@ def test_every_app_and_experiment_composes(app: str, experiment: str | None) -> 
 def test_every_group_option_composes(app: str, group: str, option: str) -> None:
     overrides = [f"{group}={option}", *FILL_REQUIRED.get(group, {}).get(option, [])]
     typed = to_typed(_compose(app, overrides), MindgapConfig)
-    node = getattr(typed, group)
-    assert node is not None
+    node = getattr(typed.train, group) if group in ("loss", "strategy") else getattr(typed, group)
+    assert (
+        getattr(node, "strategy" if group == "rewrite" else "backend" if group in ("logger", "generator") else "name")
+        == option
+    )
 
 
 def test_sweep_configs_compose() -> None:
