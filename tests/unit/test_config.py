@@ -57,6 +57,15 @@ def test_every_group_option_composes(app: str, group: str, option: str) -> None:
     )
 
 
+@pytest.mark.parametrize("launcher", _options("hydra/launcher"))
+def test_launcher_configs_compose(launcher: str) -> None:
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher")
+    assert cfg.hydra.launcher.tasks_per_node == 1
+
+
 def test_sweep_configs_compose() -> None:
     for sweep in _options("sweep"):
         cfg = _compose("pipeline", [f"+sweep={sweep}"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def run_evaluation(config: MindgapConfig, output_dir: Path, model_path: str, tra
     per_benchmark: dict[str, dict[str, float]] = {}
     for benchmark in _benchmarks(config):
         limit = config.eval.limit or benchmark.limit
-        problems = load_problems(DataConfig(**{**benchmark.__dict__, "limit": limit}), config.data_root).problems
+        problems = load_problems(dataclasses.replace(benchmark, limit=limit), config.data_root).problems
         prompts = [standard_prompt(problem.problem, config.prompt_type, tokenizer) for problem in problems]
         completions = generator.generate(prompts, sampling, seed=config.seed)
         bench_dir = output_dir / benchmark.name
