@@ -178,14 +178,26 @@ class LoggerConfig:
 class GeneratorConfig:
     """The engine that samples responses; sampling parameters belong to each stage."""
 
-    # hf: transformers generate (batched, seeded; the CPU default).
+    # hf: transformers generate (batched, seeded; the CPU default) | vllm: vLLM's offline LLM engine.
     backend: str = "hf"
-    # Prompts per forward batch.
+    # hf: prompts per forward batch.
     batch_size: int = 16
+    # vllm: GPUs one engine shards the model over.
+    tensor_parallel_size: int = 1
+    # vllm: share of device memory for weights and KV cache (of CPU memory with the CPU build).
+    gpu_memory_utilization: float = 0.9
+    # vllm: longest prompt + response in tokens; null takes the model's own limit.
+    max_model_len: int | None = None
+    # vllm: skip CUDA-graph capture (faster start, slower decoding).
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
-        _require_choice("generator.backend", self.backend, ("hf",))
+        _require_choice("generator.backend", self.backend, ("hf", "vllm"))
         _require_positive("generator.batch_size", self.batch_size)
+        _require_positive("generator.tensor_parallel_size", self.tensor_parallel_size)
+        _require_positive("generator.max_model_len", self.max_model_len)
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"generator.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
 
 
 @dataclass
@@ -205,10 +217,47 @@ class SamplingConfig:
             raise ConfigError(f"{where}.top_p={self.top_p} must be in (0, 1]")
 
 
+@dataclass
+class VerifierConfig:
+    """Answer checking: a fast exact/numeric path in process, math-verify in a process pool."""
+
+    # Processes of the math-verify pool; null uses every available core.
+    workers: int | None = None
+    # Wall-clock limit per math-verify call; a verdict that takes longer counts as wrong and as a timeout.
+    timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _require_positive("verifier.workers", self.workers)
+        _require_positive("verifier.timeout_s", self.timeout_s)
+
+
 # --------------------------------------------------------------------------- stages
 
 
 REWRITE_STRATEGIES = ("none", "self_only", "no_guided", "mind_the_gap")
+
+META_PHRASES = [
+    "reference solution",
+    "reference answer",
+    "the reference",
+    "provided solution",
+    "given solution",
+    "solution above",
+    "as shown in the solution",
+]
+
+
+@dataclass
+class CopyFilterConfig:
+    """Rejects guided responses that copy or mention the expert solution they were shown."""
+
+    # Case-insensitive phrases that mark a response as talking about the reference.
+    meta_phrases: list[str] = field(default_factory=lambda: list(META_PHRASES))
+    # Reject a response sharing this many consecutive words with the expert solution; null disables the check.
+    max_shared_ngram: int | None = 16
+
+    def __post_init__(self) -> None:
+        _require_positive("rewrite.copy_filter.max_shared_ngram", self.max_shared_ngram)
 
 
 @dataclass
@@ -217,20 +266,49 @@ class RewriteConfig:
 
     # none (raw expert data) | self_only | no_guided | mind_the_gap
     strategy: str = "mind_the_gap"
-    # Stage 1: samples from the initial model under the standard prompt.
+    # Stage 1 (n1 = self_sampling.n, the most samples per problem) under the standard prompt.
     self_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=4))
-    # Stage 2: samples under the guided prompt, for problems stage 1 left unsolved.
+    # Stage 2 (n2 = guided_sampling.n) under the guided prompt, for problems stage 1 left unsolved.
     guided_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=4))
-    # Which correct responses to keep per problem: first | all
+    # Samples drawn per unsolved problem in each round; a problem leaves the stage as soon as it has
+    # ``keep_k`` correct responses. null draws all n at once (fixed-n sampling).
+    samples_per_round: int | None = 2
+    # Correct responses kept per problem: first | all | k (the first keep_k).
     keep: str = "first"
+    keep_k: int = 2
+    copy_filter: CopyFilterConfig = field(default_factory=CopyFilterConfig)
+    # Recompute behaviour log-probs with the Hugging Face model (DESIGN.md §1); recorded ones are kept too.
+    rescore: bool = True
+    # Sequences per rescoring forward pass.
+    rescore_batch_size: int = 8
+    # Problems committed together: the unit of resumption.
+    chunk_size: int = 64
+    # Split the chunks over jobs: job ``shard_index`` (0-based) of ``num_shards`` takes every num_shards-th
+    # chunk. null runs every chunk not yet done and merges them into the dataset.
+    num_shards: int = 1
+    shard_index: int | None = None
+    # Only merge the finished chunks (an error names the missing shards); never generates.
+    merge_only: bool = False
+    # Finished chunks and merged datasets, keyed by the stage fingerprint; share it between sharded jobs.
+    work_dir: str = MISSING
     # false: records with bad fields are skipped, counted and listed in the manifest.
     strict: bool = True
 
     def __post_init__(self) -> None:
         _require_choice("rewrite.strategy", self.strategy, REWRITE_STRATEGIES)
-        _require_choice("rewrite.keep", self.keep, ("first", "all"))
+        _require_choice("rewrite.keep", self.keep, ("first", "all", "k"))
         self.self_sampling.validate("rewrite.self_sampling")
         self.guided_sampling.validate("rewrite.guided_sampling")
+        for name in ("samples_per_round", "keep_k", "rescore_batch_size", "chunk_size", "num_shards"):
+            _require_positive(f"rewrite.{name}", getattr(self, name))
+        if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
+            raise ConfigError(f"rewrite.shard_index={self.shard_index} must be in [0, num_shards={self.num_shards})")
+        if self.merge_only and self.shard_index is not None:
+            raise ConfigError("rewrite.merge_only merges every shard: leave rewrite.shard_index null")
+
+    def correct_wanted(self, samples: int) -> int:
+        """Correct responses after which a problem stops sampling in a stage of ``samples`` draws."""
+        return {"first": 1, "all": samples, "k": self.keep_k}[self.keep]
 
 
 @dataclass
@@ -378,6 +456,7 @@ class MindgapConfig(CommonConfig):
     """
 
     generator: GeneratorConfig = MISSING
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from mindgap.app import is_rank_zero, run_app, run_cli
 from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
+from mindgap.errors import ConfigError
 from mindgap.eval import evaluate
 from mindgap.rewrite import rewrite
 from mindgap.train import train
@@ -19,6 +20,8 @@ register_configs()
 def pipeline(config: MindgapConfig, output_dir: Path) -> float:
     """Run the three stages under ``output_dir/{rewrite,train,eval}``; return the mean eval score."""
     dataset_path = rewrite(config, output_dir / "rewrite")
+    if dataset_path is None:
+        raise ConfigError("rewrite.shard_index runs one shard of mindgap-rewrite; the pipeline needs them all")
     config.train.dataset_path = str(dataset_path)
     model_dir = train(config, output_dir / "train")
     if not is_rank_zero():

@@ -69,6 +69,10 @@ class Record:
     behavior_logprobs: list[float] | None
     # The full prompt the response was generated under (standard or guided).
     behavior_prompt: str
+    # log π₀ of each response token under behavior_prompt, from the Hugging Face model's own forward
+    # (DESIGN.md §1); for expert text, of its tokenisation as trained (mindgap.data.collate). None before
+    # the rescoring pass.
+    rescored_logprobs: list[float] | None = None
     generator: GeneratorInfo = field(default_factory=GeneratorInfo)
     attempts: Attempts = field(default_factory=Attempts)
 
@@ -77,6 +81,14 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Record:
+        """Inverse of ``to_dict`` (also reads rows loaded from a saved dataset)."""
+        values = dict(row)
+        values["generator"] = GeneratorInfo(**values["generator"])
+        values["attempts"] = Attempts(**values["attempts"])
+        return cls(**values)
 
 
 FEATURES = Features(
@@ -90,6 +102,7 @@ FEATURES = Features(
         "response_token_ids": Sequence(Value("int32")),
         "behavior_logprobs": Sequence(Value("float32")),
         "behavior_prompt": Value("string"),
+        "rescored_logprobs": Sequence(Value("float32")),
         "generator": {
             "backend": Value("string"),
             "model": Value("string"),
@@ -122,3 +135,11 @@ def validate_record(record: dict[str, Any]) -> None:
             )
         if not all(math.isfinite(value) for value in logprobs):
             raise DataError(f"record {record_id}: behavior_logprobs holds a non-finite value")
+    rescored = record.get("rescored_logprobs")
+    if rescored is not None:
+        if token_ids is not None and len(rescored) != len(token_ids):
+            raise DataError(
+                f"record {record_id}: rescored_logprobs has {len(rescored)} values for {len(token_ids)} response tokens"
+            )
+        if not all(math.isfinite(value) for value in rescored):
+            raise DataError(f"record {record_id}: rescored_logprobs holds a non-finite value")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import hydra
@@ -9,19 +11,73 @@ from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
 from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
-from mindgap.rewriting.run import finished_dataset, run_rewrite_stage
+from mindgap.rewriting.run import DATASET_DIR, MANIFEST, StageResult, run_rewrite_stage
 
 register_configs()
 
+SAMPLE_ROWS = 32
+SHARD_STATUS = "shard_status.json"
 
-def rewrite(config: MindgapConfig, output_dir: Path) -> Path:
-    """Rewrite into ``output_dir``, reusing a dataset already written there for the same inputs."""
-    finished = finished_dataset(config, output_dir)
-    if finished is not None:
-        return finished
+
+def rewrite(config: MindgapConfig, output_dir: Path) -> Path | None:
+    """Rewrite into ``output_dir/{dataset,manifest.json}``; a shard job (rewrite.shard_index) returns None.
+
+    Finished work is reused: the stage keeps its chunks and merged datasets in ``rewrite.work_dir``
+    under a fingerprint of everything that decides the result.
+    """
+    result = run_rewrite_stage(config)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if result.dataset_dir is None:
+        (output_dir / SHARD_STATUS).write_text(json.dumps(result.manifest, indent=2))
+        status = result.manifest
+        print(
+            f"mindgap-rewrite: shard {status['shard_index']} of {status['num_shards']} done; "
+            f"{status['chunks_finished_all_shards']}/{status['chunks_total']} chunks of all shards finished. "
+            "Merge with the same overrides and rewrite.merge_only=true",
+            flush=True,
+        )
+        return None
+    _publish(result, output_dir)
+    if not result.reused:
+        _track(config, output_dir, result)
+    return output_dir / DATASET_DIR
+
+
+def _publish(result: StageResult, output_dir: Path) -> None:
+    """Copy the merged dataset into the run's output directory, unless the same one is already there."""
+    assert result.dataset_dir is not None
+    manifest_path = output_dir / MANIFEST
+    if (
+        manifest_path.exists()
+        and json.loads(manifest_path.read_text()).get("fingerprint") == result.manifest["fingerprint"]
+    ):
+        return
+    shutil.rmtree(output_dir / DATASET_DIR, ignore_errors=True)
+    shutil.copytree(result.dataset_dir, output_dir / DATASET_DIR)
+    manifest_path.write_text(json.dumps(result.manifest, indent=2))
+
+
+def _track(config: MindgapConfig, output_dir: Path, result: StageResult) -> None:
+    manifest = result.manifest
     tracker = stage_tracker(config, output_dir, "rewrite")
     try:
-        return run_rewrite_stage(config, output_dir, tracker)
+        metrics = {
+            f"rewrite/{stage}/{key}": value
+            for stage, stats in manifest["stages"].items()
+            for key, value in stats.items()
+        }
+        metrics |= {f"rewrite/count/{source}": count for source, count in manifest["counts_per_source"].items()}
+        metrics |= {f"rewrite/verifier/{key}": count for key, count in manifest["verifier"].items()}
+        metrics |= {
+            "rewrite/tokens_generated": manifest["tokens_generated"],
+            "rewrite/token_savings": manifest["token_savings"],
+        }
+        tracker.log_metrics(metrics)
+        tracker.log_table(
+            "rewrite/samples",
+            ["id", "source", "answer", "response"],
+            [[row["id"], row["source"], row["answer"], row["response"]] for row in result.sample_rows[:SAMPLE_ROWS]],
+        )
     finally:
         tracker.finish()
 

@@ -43,6 +43,8 @@ def lightning_logger(
             tags=list(config.tags),
             offline=config.mode == "offline",
             job_type=job_type,
+            # Stages can nest (training's data module may run the rewriting stage): runs must coexist.
+            reinit="create_new",
         )
     logger.log_hyperparams(hyperparameters)
     return logger
@@ -74,6 +76,4 @@ class Tracker:
             return
         self.logger.finalize("success")
         if isinstance(self.logger, WandbLogger):
-            import wandb
-
-            wandb.finish()
+            self.logger.experiment.finish()

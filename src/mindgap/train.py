@@ -1,4 +1,4 @@
-"""mindgap-train: fine-tune on rewritten records (running the rewriting stage first when needed)."""
+"""mindgap-train: fine-tune on rewritten records (the data module runs the rewriting stage when needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
 from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
-from mindgap.rewrite import rewrite
 from mindgap.training.run import run_training
 
 register_configs()
@@ -17,13 +16,9 @@ register_configs()
 
 def train(config: MindgapConfig, output_dir: Path) -> Path:
     """Train and return the exported model directory."""
-    if config.train.dataset_path is not None:
-        dataset_path = Path(config.train.dataset_path)
-    else:
-        dataset_path = rewrite(config, output_dir / "rewrite")
     tracker = stage_tracker(config, output_dir, "train")
     try:
-        return run_training(config, output_dir, dataset_path, tracker.logger)
+        return run_training(config, output_dir, tracker.logger)
     finally:
         tracker.finish()
 

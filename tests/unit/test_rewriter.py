@@ -2,93 +2,183 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import pytest
 
-from mindgap.config import RewriteConfig, SamplingConfig
+from mindgap.config import CopyFilterConfig, RewriteConfig, SamplingConfig
 from mindgap.generation import Completion
 from mindgap.records import Problem
+from mindgap.rewriting.copy_filter import copy_reason
 from mindgap.rewriting.expert import normalize_expert_solution
-from mindgap.rewriting.stages import Rewriter
+from mindgap.rewriting.stages import Rewriter, round_seed
+from mindgap.verify import Verdict, extract_answer, is_correct
 
+COPIED = "Add the two numbers together, which gives the sum of both of the given numbers in the question: "
+EXPERT = COPIED + "<<{q}={a}>>{a}\n#### {a}"
+QUESTIONS = {"self": ("1+1", "2"), "guided": ("2+2", "4"), "copied": ("5+5", "10"), "expert": ("3+3", "6")}
 PROBLEMS = [
-    Problem("p/self", "What is 1+1?", "2", "1+1 = <<1+1=2>>2\n#### 2", "p"),
-    Problem("p/guided", "What is 2+2?", "4", "2+2 = <<2+2=4>>4\n#### 4", "p"),
-    Problem("p/expert", "What is 3+3?", "6", "3+3 = <<3+3=6>>6\n#### 6", "p"),
+    Problem(f"p/{name}", f"What is {q}?", a, EXPERT.format(q=q, a=a), "p") for name, (q, a) in QUESTIONS.items()
 ]
+RIGHT, WRONG = "So it is \\boxed{{{a}}}", "I am unsure. \\boxed{{0}}"
+# What the model says, by problem and prompt kind, sample after sample (the last one repeats).
+SCRIPT = {
+    ("p/self", "self"): [WRONG, RIGHT, RIGHT],
+    ("p/guided", "self"): [WRONG],
+    ("p/guided", "guided"): [RIGHT],
+    ("p/copied", "self"): [WRONG],
+    # Correct, but it talks about the reference, then copies a long run of the expert's words.
+    ("p/copied", "guided"): [
+        "As the reference solution says, \\boxed{{{a}}}",
+        COPIED + "\\boxed{{{a}}}",
+    ],
+    ("p/expert", "self"): [WRONG],
+    ("p/expert", "guided"): [WRONG],
+}
 
 
 class ScriptedGenerator:
-    """Answers by prompt kind: the standard prompt solves only 'self', the guided one also 'guided'."""
+    """Replays SCRIPT: each prompt draws its problem's next scripted responses."""
 
     backend = "scripted"
     fingerprint = "scripted:0"
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[str], SamplingConfig]] = []
+        self.calls: list[tuple[list[str], SamplingConfig, int]] = []
+        self.drawn: dict[tuple[str, str], int] = defaultdict(int)
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[list[Completion]]:
-        self.calls.append((prompts, sampling))
+        self.calls.append((prompts, sampling, seed))
         results = []
         for prompt in prompts:
-            guided = "reference solution" in prompt
-            solved = "1+1" in prompt or (guided and "2+2" in prompt)
-            answer = {"1+1": "2", "2+2": "4", "3+3": "6"}[next(k for k in ("1+1", "2+2", "3+3") if k in prompt)]
-            texts = ["I am unsure. \\boxed{0}"] + (
-                [f"So it is \\boxed{{{answer}}}"] * 2 if solved else ["\\boxed{1}"] * 2
-            )
-            results.append([Completion(t, [7, 8, 2], [-0.5, -0.25, -0.125], "stop") for t in texts][: sampling.n])
+            problem = next(p for p in PROBLEMS if p.problem in prompt)
+            key = (problem.id, "guided" if "reference solution" in prompt else "self")
+            script = SCRIPT[key]
+            samples = []
+            for _ in range(sampling.n):
+                text = script[min(self.drawn[key], len(script) - 1)].format(a=problem.answer)
+                self.drawn[key] += 1
+                samples.append(Completion(text, [7, 8, 2], [-0.5, -0.25, -0.125], "stop"))
+            results.append(samples)
         return results
 
+    def close(self) -> None:
+        pass
 
-def _run(strategy: str, keep: str = "first"):
+
+class InProcessVerifier:
+    def verify(self, responses: list[str], golds: list[str]) -> list[Verdict]:
+        return [Verdict(is_correct(r, g), extract_answer(r)) for r, g in zip(responses, golds, strict=True)]
+
+
+def _run(strategy: str = "mind_the_gap", n: int = 4, per_round: int | None = 1, **config_overrides):
     generator = ScriptedGenerator()
     config = RewriteConfig(
-        strategy=strategy, keep=keep, self_sampling=SamplingConfig(n=3), guided_sampling=SamplingConfig(n=3)
+        strategy=strategy,
+        self_sampling=SamplingConfig(n=n),
+        guided_sampling=SamplingConfig(n=n),
+        samples_per_round=per_round,
+        work_dir="unused",
+        **config_overrides,
     )
-    return Rewriter(config, generator, None, "qwen-boxed", seed=0).run(PROBLEMS), generator
+    outcome = Rewriter(config, generator, InProcessVerifier(), None, "qwen-boxed").run(PROBLEMS, seed=0)
+    return outcome, generator
 
 
-def test_mind_the_gap_uses_all_three_sources() -> None:
-    outcome, generator = _run("mind_the_gap")
+def test_mind_the_gap_uses_all_three_sources_and_rejects_copies() -> None:
+    outcome, generator = _run()
     assert [(r.id, r.source) for r in outcome.records] == [
         ("p/self", "self"),
         ("p/guided", "guided"),
+        ("p/copied", "expert"),
         ("p/expert", "expert"),
     ]
-    # Stage 2 only sees what stage 1 left unsolved.
-    assert len(generator.calls[0][0]) == 3 and len(generator.calls[1][0]) == 2
-    self_record, guided_record, expert_record = outcome.records
-    assert self_record.behavior_prompt == generator.calls[0][0][0]
+    self_record, guided_record, copied_record, expert_record = outcome.records
+    assert self_record.response == "So it is \\boxed{2}"
+    assert "reference solution" not in self_record.behavior_prompt
     assert "reference solution" in guided_record.behavior_prompt
     assert guided_record.response_token_ids == [7, 8, 2]
     assert guided_record.behavior_logprobs == [-0.5, -0.25, -0.125]
-    assert (guided_record.attempts.self_samples, guided_record.attempts.guided_samples) == (3, 3)
+    assert guided_record.rescored_logprobs is None
+    # p/guided: 4 self samples (all wrong), then one guided round that solved it.
+    assert (guided_record.attempts.self_samples, guided_record.attempts.guided_samples) == (4, 1)
+    assert (copied_record.attempts.self_samples, copied_record.attempts.guided_samples) == (4, 4)
     assert expert_record.response_token_ids is None and expert_record.behavior_logprobs is None
     assert "reference solution" not in expert_record.behavior_prompt
+
     stages = {name: stats.as_dict() for name, stats in outcome.stages.items()}
-    assert stages["self"]["attempted"] == 3 and stages["self"]["solved"] == 1 and stages["self"]["correct"] == 2
-    assert stages["guided"]["attempted"] == 2 and stages["guided"]["solved"] == 1
-    assert stages["self"]["tokens_generated"] == 9 * 3
+    # Self: p/self stops after its 2nd sample; the other three draw all 4.
+    counts = ("attempted", "solved", "sampled", "correct", "rounds", "acceptance")
+    assert [stages["self"][key] for key in counts] == [4, 1, 2 + 3 * 4, 1, 4, 0.25]
+    # Guided: 3 problems; p/copied is correct 4 times but rejected (1 meta phrase, then 3 shared n-grams).
+    assert (stages["guided"]["attempted"], stages["guided"]["solved"], stages["guided"]["correct"]) == (3, 1, 5)
+    assert (stages["guided"]["rejected_meta_phrase"], stages["guided"]["rejected_shared_ngram"]) == (1, 3)
+    # Rounds draw one sample for every unsolved problem: 3 problems in round 1, then 2 until n.
+    assert [len(prompts) for prompts, _, _ in generator.calls] == [4, 4, 3, 3, 3, 2, 2, 2]
+
+
+def test_adaptive_rounds_report_tokens_against_fixed_n() -> None:
+    outcome, _ = _run()
+    self_stats = outcome.stages["self"]
+    # 3 tokens per sample: p/self drew 2 of 4 samples, the others all 4.
+    assert self_stats.tokens_generated == 3 * 14
+    assert self_stats.tokens_fixed_n == 3 * 16
+    assert self_stats.as_dict()["token_savings"] == pytest.approx(1 - 14 / 16)
+
+    fixed, generator = _run(per_round=None)
+    assert [len(prompts) for prompts, _, _ in generator.calls] == [4, 3]
+    assert fixed.stages["self"].tokens_generated == fixed.stages["self"].tokens_fixed_n == 3 * 16
+    # Same yield either way.
+    assert [(r.id, r.source) for r in fixed.records] == [(r.id, r.source) for r in outcome.records]
+
+
+@pytest.mark.parametrize(("keep", "keep_k", "self_records"), [("first", 2, 1), ("k", 2, 2), ("all", 2, 3)])
+def test_keep_policy(keep: str, keep_k: int, self_records: int) -> None:
+    outcome, _ = _run(keep=keep, keep_k=keep_k)
+    assert [r.source for r in outcome.records].count("self") == self_records
 
 
 @pytest.mark.parametrize(
     ("strategy", "sources", "dropped"),
     [
-        ("none", ["expert", "expert", "expert"], []),
-        ("no_guided", ["self", "expert", "expert"], []),
-        ("self_only", ["self"], ["p/expert", "p/guided"]),
+        ("none", ["expert"] * 4, []),
+        ("no_guided", ["self", "expert", "expert", "expert"], []),
+        ("self_only", ["self"], ["p/copied", "p/expert", "p/guided"]),
     ],
 )
 def test_ablations(strategy: str, sources: list[str], dropped: list[str]) -> None:
-    outcome, generator = _run(strategy)
+    outcome, generator = _run(strategy, per_round=None)
     assert [r.source for r in outcome.records] == sources
     assert sorted(outcome.dropped) == dropped
     assert len(generator.calls) == (0 if strategy == "none" else 1)
 
 
-def test_keep_all_keeps_every_correct_response() -> None:
-    outcome, _ = _run("mind_the_gap", keep="all")
-    assert [r.source for r in outcome.records] == ["self", "self", "guided", "guided", "expert"]
+def test_round_seeds_are_distinct_and_reproducible() -> None:
+    _, generator = _run()
+    seeds = [seed for _, _, seed in generator.calls]
+    assert len(set(seeds)) == len(seeds)
+    assert seeds[0] == round_seed(0, "self", 0) and seeds[4] == round_seed(0, "guided", 0)
+    assert seeds == [seed for _, _, seed in _run()[1].calls]
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        ("Following the Reference Solution, x = 2.", "meta_phrase"),
+        ("one two three four five six seven eight", "shared_ngram"),
+        ("ONE two, three! four five six seven eight.", "shared_ngram"),
+        ("one two three four five six seven nine", None),
+        ("eight seven six five four three two one", None),
+    ],
+)
+def test_copy_filter(response: str, reason: str | None) -> None:
+    config = CopyFilterConfig(max_shared_ngram=8)
+    assert copy_reason(response, "so: one two three four five six seven eight; done", config) == reason
+
+
+def test_copy_filter_ngram_check_can_be_disabled() -> None:
+    config = CopyFilterConfig(max_shared_ngram=None)
+    assert copy_reason("a b c d e f g h i j k l m n o p q r", "a b c d e f g h i j k l m n o p q r", config) is None
 
 
 def test_expert_fallback_is_normalised_to_the_answer_format() -> None:

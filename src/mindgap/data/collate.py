@@ -21,16 +21,20 @@ class TokenizedExample:
     prompt_length: int
 
 
+def response_ids(record: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The response tokens trained on: the generated ids exactly, or expert text tokenised plus eos."""
+    if record["response_token_ids"] is not None:
+        return list(record["response_token_ids"])
+    return tokenizer(record["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
 def tokenize_record(
     record: dict[str, Any], tokenizer: PreTrainedTokenizerBase, prompt_type: str, max_length: int
 ) -> TokenizedExample:
     """Prompt + response ids, cut to ``max_length``; model responses keep their generated ids exactly."""
     prompt = standard_prompt(record["problem"], prompt_type, tokenizer)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    response_ids = record["response_token_ids"]
-    if response_ids is None:
-        response_ids = tokenizer(record["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = (prompt_ids + list(response_ids))[:max_length]
+    input_ids = (prompt_ids + response_ids(record, tokenizer))[:max_length]
     return TokenizedExample(record["id"], record["source"], input_ids, min(len(prompt_ids), len(input_ids)))
 
 

@@ -1,45 +1,68 @@
-"""The LightningDataModule over a rewritten dataset on disk."""
+"""The LightningDataModule over the rewriting stage's dataset."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from datasets import load_from_disk
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from mindgap.config import MindgapConfig
 from mindgap.data.collate import Collator, TokenizedExample, tokenize_record
-from mindgap.errors import DataError
-from mindgap.models import load_tokenizer
+from mindgap.errors import ConfigError, DataError
+from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.rewriting.run import DATASET_DIR
+
+REWRITE_DIR = "rewrite"
 
 
-class RecordsDataModule(LightningDataModule):
-    def __init__(
-        self, dataset_path: str, model_path: str, prompt_type: str, max_length: int, micro_batch_size: int, seed: int
-    ):
+class RewrittenDataModule(LightningDataModule):
+    """Trains on ``train.dataset_path``, or on the rewritten dataset of the configured (model, data, rewrite).
+
+    ``prepare_data`` (one process) makes sure that dataset exists: it runs the rewriting stage when
+    it is missing and reuses finished work when the stage fingerprint matches. Every example is the
+    standard, unguided prompt followed by the stored response tokens.
+    """
+
+    def __init__(self, config: MindgapConfig, output_dir: Path):
         super().__init__()
-        self.dataset_path = dataset_path
-        self.model_path = model_path
-        self.prompt_type = prompt_type
-        self.max_length = max_length
-        self.micro_batch_size = micro_batch_size
-        self.seed = seed
+        # The stage writes to a directory every node sees; generating once is enough.
+        self.prepare_data_per_node = False
+        self.config = config
+        self.rewrite_dir = output_dir / REWRITE_DIR
+        given = config.train.dataset_path
+        self.dataset_path = Path(given) if given is not None else self.rewrite_dir / DATASET_DIR
         self.examples: list[TokenizedExample] = []
+
+    def prepare_data(self) -> None:
+        if self.config.train.dataset_path is not None:
+            if not self.dataset_path.is_dir():
+                raise DataError(f"train.dataset_path={self.dataset_path} is not a saved dataset directory")
+            return
+        if self.config.rewrite.shard_index is not None:
+            raise ConfigError("rewrite.shard_index is for mindgap-rewrite jobs; training needs every shard merged")
+        from mindgap.rewrite import rewrite
+
+        rewrite(self.config, self.rewrite_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.examples:
             return
-        tokenizer = load_tokenizer(self.model_path)
-        dataset = load_from_disk(self.dataset_path)
-        self.examples = [tokenize_record(row, tokenizer, self.prompt_type, self.max_length) for row in dataset]
+        train = self.config.train
+        tokenizer = load_tokenizer(resolve_model_path(self.config.model, self.config.cache_dir, self.config.data_root))
+        dataset = load_from_disk(str(self.dataset_path))
+        self.examples = [tokenize_record(row, tokenizer, self.config.prompt_type, train.max_length) for row in dataset]
         if not self.examples:
             raise DataError(f"dataset {self.dataset_path} has no records to train on")
         self.collator = Collator(tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.config.seed)
         return DataLoader(
             self.examples,
-            batch_size=self.micro_batch_size,
+            batch_size=self.config.train.micro_batch_size,
             shuffle=True,
             generator=generator,
             collate_fn=self.collator,

@@ -31,8 +31,17 @@ class Generator(Protocol):
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[list[Completion]]: ...
 
+    def close(self) -> None:
+        """Free the engine and its (device) memory; the generator is unusable afterwards. Idempotent."""
+        ...
+
 
 def make_generator(config: GeneratorConfig, model_path: str, dtype: str) -> Generator:
+    """The backend ``config.backend`` names; vLLM is imported only when it is asked for."""
+    if config.backend == "vllm":
+        from mindgap.generation.vllm import VLLMGenerator
+
+        return VLLMGenerator(model_path, dtype=dtype, config=config)
     from mindgap.generation.hf import HFGenerator
 
     return HFGenerator(model_path, dtype=dtype, batch_size=config.batch_size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from mindgap.config import SamplingConfig
@@ -23,12 +25,23 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[list[Completion]]:
+        if self.model is None:
+            raise RuntimeError("HFGenerator.generate after close()")
         results: list[list[Completion]] = []
         for start in range(0, len(prompts), self.batch_size):
             # Seeding per batch makes a batch's samples independent of what ran before it.
             torch.manual_seed(seed + start)
             results.extend(self._generate_batch(prompts[start : start + self.batch_size], sampling))
         return results
+
+    def close(self) -> None:
+        """Drop the model and return cached device memory; the generator is unusable afterwards."""
+        if self.model is None:
+            return
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _generate_batch(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)

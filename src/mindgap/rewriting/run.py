@@ -1,105 +1,339 @@
-"""Run the rewriting stage for an app config: load problems, rewrite, save dataset and manifest."""
+"""The rewriting stage as a resumable, shardable pipeline of chunks.
+
+Work lives in ``rewrite.work_dir/<fingerprint>/``, where the fingerprint hashes everything
+that decides the result (model, data, prompts, sampling, seed) and nothing that decides who
+computes it (shards). Problems are cut into fixed chunks; each chunk is generated, then
+rescored, and each result is committed as one file by an atomic rename, so a run killed at
+any moment loses at most the chunks in flight. Every chunk's sampling seeds are functions of
+the chunk's index, so a resumed or sharded run writes exactly what an uninterrupted one does.
+The merge writes ``dataset/`` (Arrow) and, last, ``manifest.json``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset
+from tqdm.auto import tqdm
 
 from mindgap.config import MindgapConfig
 from mindgap.data.sources import SkippedRecord, load_problems
-from mindgap.errors import DataError
+from mindgap.errors import DataError, MindgapError
 from mindgap.fingerprints import config_fingerprint, problems_fingerprint
-from mindgap.generation import make_generator
+from mindgap.generation import Generator, make_generator
 from mindgap.models import load_tokenizer, model_fingerprint, resolve_model_path
-from mindgap.records import FEATURES, Problem
-from mindgap.rewriting.stages import Rewriter
-from mindgap.tracking import Tracker
+from mindgap.records import FEATURES, Problem, Record
+from mindgap.rewriting.rescore import Rescorer
+from mindgap.rewriting.stages import STAGES_OF, Rewriter, StageStats
+from mindgap.verify import Verifier, gold_problem
 
 DATASET_DIR = "dataset"
 MANIFEST = "manifest.json"
-SAMPLE_ROWS = 32
+GENERATED = "generated"
+RESCORED = "rescored"
+# Bump when the chunk files change meaning, so old work is never mixed with new.
+CHUNK_FORMAT = 1
+# Keys that decide which job computes a chunk, not what the chunk holds.
+SCHEDULING_KEYS = ("num_shards", "shard_index", "merge_only", "work_dir", "strict")
 
 
-def _with_expert_solution(problems: list[Problem], strict: bool, skipped: list[SkippedRecord]) -> list[Problem]:
+@dataclass
+class StageResult:
+    """Where the merged dataset is (None for a shard job) and what the manifest says."""
+
+    dataset_dir: Path | None
+    manifest: dict[str, Any]
+    # True when an identical finished dataset was found and nothing was computed.
+    reused: bool
+    sample_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _usable_problems(problems: list[Problem], strict: bool, skipped: list[SkippedRecord]) -> list[Problem]:
     usable = []
     for problem in problems:
-        if problem.expert_solution:
+        reason = None
+        if not problem.expert_solution:
+            reason = f"record {problem.id}: empty expert solution (data.fields.solution)"
+        else:
+            gold_reason = gold_problem(problem.answer)
+            if gold_reason is not None:
+                reason = f"record {problem.id}: unusable gold answer {problem.answer!r}: {gold_reason}"
+        if reason is None:
             usable.append(problem)
-            continue
-        reason = f"record {problem.id}: empty expert solution (data.fields.solution)"
-        if strict:
+        elif strict:
             raise DataError(reason)
-        skipped.append(SkippedRecord(id=problem.id, reason=reason))
+        else:
+            skipped.append(SkippedRecord(id=problem.id, reason=reason))
     return usable
 
 
-def stage_fingerprint(config: MindgapConfig) -> str:
+def stage_fingerprint(config: MindgapConfig, problems: list[Problem], model_path: str) -> str:
     """Identifies what the stage computes: the same fingerprint means the same dataset."""
+    rewrite = {k: v for k, v in dataclasses.asdict(config.rewrite).items() if k not in SCHEDULING_KEYS}
     inputs = {
+        "chunk_format": CHUNK_FORMAT,
         "model": dataclasses.asdict(config.model),
-        "data": dataclasses.asdict(config.data),
+        "weights": model_fingerprint(model_path, config.model.revision),
+        "problems": problems_fingerprint(problems),
         "generator": dataclasses.asdict(config.generator),
-        "rewrite": dataclasses.asdict(config.rewrite),
+        "rewrite": rewrite,
         "prompt_type": config.prompt_type,
         "seed": config.seed,
     }
     return config_fingerprint(inputs)
 
 
-def finished_dataset(config: MindgapConfig, output_dir: Path) -> Path | None:
-    """The dataset already written to ``output_dir`` by a run with the same fingerprint, if any."""
-    manifest_path = output_dir / MANIFEST
-    if not manifest_path.exists():
-        return None
-    manifest = json.loads(manifest_path.read_text())
-    return output_dir / DATASET_DIR if manifest.get("fingerprint") == stage_fingerprint(config) else None
+def _write_json_atomically(path: Path, payload: dict[str, Any], indent: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload, indent=indent))
+    os.replace(temporary, path)
 
 
-def run_rewrite_stage(config: MindgapConfig, output_dir: Path, tracker: Tracker) -> Path:
-    """Write ``output_dir/dataset`` (Arrow) and ``output_dir/manifest.json``; return the dataset path."""
-    started = time.time()
-    loaded = load_problems(config.data, config.data_root, strict=config.rewrite.strict)
-    problems = _with_expert_solution(loaded.problems, config.rewrite.strict, loaded.skipped)
-    model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
-    needs_model = config.rewrite.strategy != "none"
-    generator = make_generator(config.generator, model_path, config.model.dtype) if needs_model else None
-    tokenizer = load_tokenizer(model_path) if config.prompt_type == "chat" else None
-    outcome = Rewriter(config.rewrite, generator, tokenizer, config.prompt_type, config.seed).run(problems)
+def _chunk_file(work: Path, phase: str, index: int) -> Path:
+    return work / phase / f"chunk-{index:05d}.json"
 
-    dataset_dir = output_dir / DATASET_DIR
-    rows = [record.to_dict() for record in outcome.records]
-    Dataset.from_list(rows, features=FEATURES).save_to_disk(str(dataset_dir))
-    manifest = {
-        "fingerprint": stage_fingerprint(config),
-        "records": len(rows),
-        "problems": len(problems),
-        "counts_per_source": outcome.counts_per_source(),
-        "stages": {stage: stats.as_dict() for stage, stats in outcome.stages.items()},
-        "tokens_generated": sum(stats.tokens_generated for stats in outcome.stages.values()),
-        "dropped": outcome.dropped,
-        "skipped": [dataclasses.asdict(skip) for skip in loaded.skipped],
-        "wall_time_s": round(time.time() - started, 3),
-        "model": {"path": model_path, "fingerprint": model_fingerprint(model_path)},
-        "data": {"name": config.data.name, "fingerprint": problems_fingerprint(problems)},
-        "config": dataclasses.asdict(config),
-    }
-    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
-    tracker.log_metrics(
-        {
-            f"rewrite/{stage}/{key}": value
-            for stage, stats in outcome.stages.items()
-            for key, value in stats.as_dict().items()
+def _counters(verifier: Verifier) -> dict[str, int]:
+    return verifier.counters.as_dict()
+
+
+class _Progress:
+    """A progress bar over problems with the running composition of the kept sources."""
+
+    def __init__(self, total: int, done: int, description: str):
+        self.bar = tqdm(total=total, initial=done, desc=description, unit="problem", dynamic_ncols=True)
+        self.sources: dict[str, int] = {"self": 0, "guided": 0, "expert": 0}
+        self.problems = 0
+
+    def update(self, problems: int, solved_by_model: dict[str, set[str]]) -> None:
+        for source, ids in solved_by_model.items():
+            self.sources[source] = self.sources.get(source, 0) + len(ids)
+        self.problems += problems
+        solved = self.sources["self"] + self.sources["guided"]
+        self.bar.set_postfix(
+            {
+                "self": self.sources["self"],
+                "guided": self.sources["guided"],
+                "expert": self.sources["expert"],
+                "acceptance": f"{solved / max(1, self.problems):.0%}",
+            }
+        )
+        self.bar.update(problems)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class RewriteStage:
+    """One invocation of the stage: plans the chunks, computes this job's missing ones, merges."""
+
+    def __init__(self, config: MindgapConfig):
+        self.config = config
+        self.started = time.time()
+        loaded = load_problems(config.data, config.data_root, strict=config.rewrite.strict)
+        self.skipped = loaded.skipped
+        self.problems = _usable_problems(loaded.problems, config.rewrite.strict, self.skipped)
+        if not self.problems:
+            raise DataError(f"data {config.data.name}: no usable problems to rewrite")
+        self.model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
+        self.fingerprint = stage_fingerprint(config, self.problems, self.model_path)
+        self.work = Path(config.rewrite.work_dir) / self.fingerprint
+        size = config.rewrite.chunk_size
+        self.chunks = [self.problems[start : start + size] for start in range(0, len(self.problems), size)]
+        shard = config.rewrite.shard_index
+        self.mine = [i for i in range(len(self.chunks)) if shard is None or i % config.rewrite.num_shards == shard]
+        self.final_phase = RESCORED if config.rewrite.rescore else GENERATED
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model_path)
+        return self._tokenizer
+
+    def run(self) -> StageResult:
+        if (self.work / MANIFEST).exists():
+            manifest = json.loads((self.work / MANIFEST).read_text())
+            return StageResult(self.work / DATASET_DIR, manifest, reused=True)
+        rewrite = self.config.rewrite
+        computed = 0
+        if not rewrite.merge_only:
+            computed = self._generate()
+            if rewrite.rescore:
+                self._rescore()
+        if rewrite.shard_index is not None:
+            return StageResult(None, self._shard_status(computed), reused=False)
+        missing = [i for i in range(len(self.chunks)) if not _chunk_file(self.work, self.final_phase, i).exists()]
+        if missing:
+            shards = sorted({i % rewrite.num_shards for i in missing})
+            raise MindgapError(
+                f"rewrite: {len(missing)} of {len(self.chunks)} chunks are not finished (shards {shards} of "
+                f"{rewrite.num_shards}, work dir {self.work}); run those shards, or rerun without merge_only"
+            )
+        return self._merge(computed)
+
+    # ------------------------------------------------------------------ phases
+
+    def _pending(self, phase: str, ready: Callable[[int], bool] = lambda index: True) -> list[int]:
+        return [i for i in self.mine if ready(i) and not _chunk_file(self.work, phase, i).exists()]
+
+    def _generate(self) -> int:
+        pending = self._pending(GENERATED)
+        if not pending:
+            return 0
+        needs_model = bool(STAGES_OF[self.config.rewrite.strategy])
+        generator: Generator | None = None
+        if needs_model:
+            generator = make_generator(self.config.generator, self.model_path, self.config.model.dtype)
+        total = sum(len(self.chunks[i]) for i in self.mine)
+        progress = _Progress(total, total - sum(len(self.chunks[i]) for i in pending), "rewrite")
+        try:
+            with Verifier(self.config.verifier.workers, self.config.verifier.timeout_s) as verifier:
+                rewriter = Rewriter(
+                    self.config.rewrite,
+                    generator,
+                    verifier,
+                    self.tokenizer if self.config.prompt_type == "chat" else None,
+                    self.config.prompt_type,
+                )
+                for index in pending:
+                    started, before = time.time(), _counters(verifier)
+                    outcome = rewriter.run(self.chunks[index], seed=self._chunk_seed(index))
+                    after = _counters(verifier)
+                    payload = {
+                        "index": index,
+                        "problem_ids": [problem.id for problem in self.chunks[index]],
+                        "records": [record.to_dict() for record in outcome.records],
+                        "stages": {name: dataclasses.asdict(stats) for name, stats in outcome.stages.items()},
+                        "dropped": outcome.dropped,
+                        "verifier": {key: after[key] - before.get(key, 0) for key in after},
+                        "wall_time_s": time.time() - started,
+                    }
+                    _write_json_atomically(_chunk_file(self.work, GENERATED, index), payload)
+                    progress.update(len(self.chunks[index]), _problems_per_source(outcome.records))
+        finally:
+            progress.close()
+            if generator is not None:
+                generator.close()
+        return len(pending)
+
+    def _chunk_seed(self, index: int) -> int:
+        return self.config.seed * 1_000_003 + index
+
+    def _rescore(self) -> None:
+        pending = self._pending(RESCORED, lambda i: _chunk_file(self.work, GENERATED, i).exists())
+        if not pending:
+            return
+        rescorer = Rescorer(
+            self.model_path, self.config.model.dtype, self.tokenizer, self.config.rewrite.rescore_batch_size
+        )
+        try:
+            for index in tqdm(pending, desc="rescore", unit="chunk", dynamic_ncols=True):
+                payload = json.loads(_chunk_file(self.work, GENERATED, index).read_text())
+                started = time.time()
+                records = [Record.from_dict(row) for row in payload["records"]]
+                payload["logprob_gap"] = rescorer.rescore(records)
+                payload["records"] = [record.to_dict() for record in records]
+                payload["wall_time_s"] += time.time() - started
+                _write_json_atomically(_chunk_file(self.work, RESCORED, index), payload)
+        finally:
+            rescorer.close()
+
+    # ------------------------------------------------------------------ results
+
+    def _shard_status(self, computed: int) -> dict[str, Any]:
+        done = sum(_chunk_file(self.work, self.final_phase, i).exists() for i in range(len(self.chunks)))
+        return {
+            "fingerprint": self.fingerprint,
+            "shard_index": self.config.rewrite.shard_index,
+            "num_shards": self.config.rewrite.num_shards,
+            "chunks_of_shard": len(self.mine),
+            "chunks_computed": computed,
+            "chunks_finished_all_shards": done,
+            "chunks_total": len(self.chunks),
+            "work_dir": str(self.work),
         }
-        | {f"rewrite/count/{source}": count for source, count in manifest["counts_per_source"].items()}
-    )
-    tracker.log_table(
-        "rewrite/samples",
-        ["id", "source", "answer", "response"],
-        [[row["id"], row["source"], row["answer"], row["response"]] for row in rows[:SAMPLE_ROWS]],
-    )
-    return dataset_dir
+
+    def _chunk_payloads(self) -> Iterator[dict[str, Any]]:
+        for index in range(len(self.chunks)):
+            yield json.loads(_chunk_file(self.work, self.final_phase, index).read_text())
+
+    def _merge(self, computed: int) -> StageResult:
+        rows: list[dict[str, Any]] = []
+        stages: dict[str, StageStats] = {}
+        dropped: dict[str, str] = {}
+        verifier: dict[str, int] = {}
+        gaps: dict[str, float] = {}
+        compute_time = 0.0
+        for index, payload in enumerate(self._chunk_payloads()):
+            if payload["problem_ids"] != [problem.id for problem in self.chunks[index]]:
+                raise MindgapError(f"rewrite: chunk {index} in {self.work} holds other problems; delete that dir")
+            rows.extend(payload["records"])
+            for name, values in payload["stages"].items():
+                stages.setdefault(name, StageStats()).add(StageStats(**values))
+            dropped.update(payload["dropped"])
+            for key, value in payload["verifier"].items():
+                verifier[key] = verifier.get(key, 0) + value
+            for source, gap in payload.get("logprob_gap", {}).items():
+                gaps[source] = max(gaps.get(source, 0.0), gap)
+            compute_time += payload["wall_time_s"]
+
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["source"]] = counts.get(row["source"], 0) + 1
+        tokens_generated = sum(stats.tokens_generated for stats in stages.values())
+        tokens_fixed_n = sum(stats.tokens_fixed_n for stats in stages.values())
+        manifest = {
+            "fingerprint": self.fingerprint,
+            "records": len(rows),
+            "problems": len(self.problems),
+            "counts_per_source": counts,
+            "stages": {name: stats.as_dict() for name, stats in stages.items()},
+            "tokens_generated": tokens_generated,
+            "tokens_fixed_n": round(tokens_fixed_n, 1),
+            "token_savings": 1 - tokens_generated / tokens_fixed_n if tokens_fixed_n else 0.0,
+            "verifier": verifier,
+            "logprob_gap_recorded_vs_rescored": gaps,
+            "dropped": dropped,
+            "skipped": [dataclasses.asdict(skip) for skip in self.skipped],
+            "chunks": {"total": len(self.chunks), "computed_by_this_run": computed, "size": len(self.chunks[0])},
+            # Generation and rescoring time summed over chunks, across resumed runs and shard jobs.
+            "compute_time_s": round(compute_time, 3),
+            "wall_time_s": round(time.time() - self.started, 3),
+            "model": {"path": self.model_path, "fingerprint": model_fingerprint(self.model_path)},
+            "data": {"name": self.config.data.name, "fingerprint": problems_fingerprint(self.problems)},
+            "config": dataclasses.asdict(self.config),
+        }
+        # The dataset is staged privately and renamed into place; the manifest comes last and marks it done.
+        staging = self.work / f".merge-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        Dataset.from_list(rows, features=FEATURES).save_to_disk(str(staging / DATASET_DIR))
+        dataset_dir = self.work / DATASET_DIR
+        # A dataset without a manifest is what a merge killed between the two renames leaves.
+        shutil.rmtree(dataset_dir, ignore_errors=True)
+        os.replace(staging / DATASET_DIR, dataset_dir)
+        _write_json_atomically(self.work / MANIFEST, manifest, indent=2)
+        shutil.rmtree(staging, ignore_errors=True)
+        return StageResult(dataset_dir, manifest, reused=False, sample_rows=rows)
+
+
+def _problems_per_source(records: list[Record]) -> dict[str, set[str]]:
+    """Ids of the problems with a kept record of each source."""
+    by_source: dict[str, set[str]] = {}
+    for record in records:
+        by_source.setdefault(record.source, set()).add(record.id)
+    return by_source
+
+
+def run_rewrite_stage(config: MindgapConfig) -> StageResult:
+    """Compute this job's chunks and, unless it is one shard of several, the merged dataset."""
+    return RewriteStage(config).run()

@@ -1,9 +1,12 @@
-"""The three rewriting stages over a list of problems, driven through a ``Generator``."""
+"""The three rewriting stages over a list of problems, driven through a ``Generator`` and a ``Verifier``."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
@@ -11,8 +14,9 @@ from mindgap.config import RewriteConfig, SamplingConfig
 from mindgap.generation import Completion, Generator
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import Attempts, GeneratorInfo, Problem, Record
+from mindgap.rewriting.copy_filter import copy_reason
 from mindgap.rewriting.expert import normalize_expert_solution
-from mindgap.verify import is_correct
+from mindgap.verify import Verdict
 
 STAGES_OF = {
     # raw expert data
@@ -25,25 +29,39 @@ STAGES_OF = {
 }
 
 
+class BatchVerifier(Protocol):
+    def verify(self, responses: list[str], golds: list[str]) -> list[Verdict]: ...
+
+
 @dataclass
 class StageStats:
-    """What one stage did: problems attempted and solved, responses sampled and correct, tokens."""
+    """What one sampling stage did; sums over chunks with ``add``."""
 
     attempted: int = 0
     solved: int = 0
     sampled: int = 0
     correct: int = 0
+    rounds: int = 0
     tokens_generated: int = 0
+    # Tokens fixed-n sampling (every problem drawing all n samples) would have generated for the same
+    # solved problems: each problem's mean response length times n.
+    tokens_fixed_n: float = 0.0
+    verifier_timeouts: int = 0
+    # Correct guided responses rejected by the copy filter, by reason.
+    rejected_meta_phrase: int = 0
+    rejected_shared_ngram: int = 0
+
+    def add(self, other: StageStats) -> None:
+        for item in dataclasses.fields(self):
+            name = item.name
+            combined = max if name == "rounds" else sum
+            setattr(self, name, combined((getattr(self, name), getattr(other, name))))
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            "attempted": self.attempted,
-            "solved": self.solved,
-            "sampled": self.sampled,
-            "correct": self.correct,
-            "tokens_generated": self.tokens_generated,
-            "acceptance": self.solved / self.attempted if self.attempted else 0.0,
-        }
+        values = dataclasses.asdict(self)
+        values["acceptance"] = self.solved / self.attempted if self.attempted else 0.0
+        values["token_savings"] = 1 - self.tokens_generated / self.tokens_fixed_n if self.tokens_fixed_n else 0.0
+        return values
 
 
 @dataclass
@@ -57,6 +75,12 @@ class RewriteOutcome:
         return dict(Counter(record.source for record in self.records))
 
 
+def round_seed(seed: int, stage: str, round_index: int) -> int:
+    """Seed of one sampling round: a function of its coordinates only, so a resumed run draws the same."""
+    digest = hashlib.sha256(f"{seed}/{stage}/{round_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 class Rewriter:
     """Runs the stages of ``config.strategy`` and returns the records to train on."""
 
@@ -64,26 +88,25 @@ class Rewriter:
         self,
         config: RewriteConfig,
         generator: Generator | None,
+        verifier: BatchVerifier | None,
         tokenizer: PreTrainedTokenizerBase | None,
         prompt_type: str,
-        seed: int,
     ):
         self.config = config
         self.generator = generator
+        self.verifier = verifier
         self.tokenizer = tokenizer
         self.prompt_type = prompt_type
-        self.seed = seed
 
-    def run(self, problems: list[Problem]) -> RewriteOutcome:
+    def run(self, problems: list[Problem], seed: int) -> RewriteOutcome:
         stages = STAGES_OF[self.config.strategy]
         outcome = RewriteOutcome(records=[])
         attempts = {problem.id: Attempts() for problem in problems}
         kept: dict[str, list[Record]] = {problem.id: [] for problem in problems}
         unsolved = list(problems)
-        if "self" in stages:
-            unsolved = self._sample_stage("self", unsolved, kept, attempts, outcome)
-        if "guided" in stages:
-            unsolved = self._sample_stage("guided", unsolved, kept, attempts, outcome)
+        for stage in ("self", "guided"):
+            if stage in stages:
+                unsolved = self._sample_stage(stage, unsolved, kept, attempts, outcome, seed)
         for problem in unsolved:
             if "expert" in stages or not stages:
                 kept[problem.id].append(self._expert_record(problem, attempts[problem.id]))
@@ -105,48 +128,87 @@ class Rewriter:
         kept: dict[str, list[Record]],
         attempts: dict[str, Attempts],
         outcome: RewriteOutcome,
+        seed: int,
     ) -> list[Problem]:
-        """Sample for every problem, keep the correct responses, return the problems left unsolved."""
-        assert self.generator is not None
+        """Sample in rounds until each problem has enough correct responses or n; return the unsolved."""
+        assert self.generator is not None and self.verifier is not None
         sampling: SamplingConfig = self.config.self_sampling if stage == "self" else self.config.guided_sampling
         stats = outcome.stages.setdefault(stage, StageStats())
-        if not problems:
-            return []
-        prompts = [self._prompt(stage, problem) for problem in problems]
-        stage_seed = self.seed * 1_000_003 + (0 if stage == "self" else 1)
-        completions = self.generator.generate(prompts, sampling, seed=stage_seed)
-        info = GeneratorInfo(
-            backend=self.generator.backend,
-            model=self.generator.fingerprint,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=stage_seed,
-        )
-        unsolved = []
-        for problem, prompt, samples in zip(problems, prompts, completions, strict=True):
-            stats.attempted += 1
-            stats.sampled += len(samples)
-            stats.tokens_generated += sum(len(sample.token_ids) for sample in samples)
-            if stage == "self":
-                attempts[problem.id].self_samples += len(samples)
-            else:
-                attempts[problem.id].guided_samples += len(samples)
-            correct = [sample for sample in samples if sample.text.strip() and is_correct(sample.text, problem.answer)]
-            stats.correct += len(correct)
-            if not correct:
-                unsolved.append(problem)
-                continue
-            stats.solved += 1
-            chosen = correct[:1] if self.config.keep == "first" else correct
-            kept[problem.id].extend(
-                self._model_record(problem, stage, prompt, sample, info, attempts[problem.id]) for sample in chosen
+        wanted = self.config.correct_wanted(sampling.n)
+        per_round = self.config.samples_per_round or sampling.n
+        prompts = {problem.id: self._prompt(stage, problem) for problem in problems}
+        accepted: dict[str, list[Record]] = {problem.id: [] for problem in problems}
+        tokens: Counter[str] = Counter()
+        samples_drawn: Counter[str] = Counter()
+        drawn = 0
+        active = list(problems)
+        while active and drawn < sampling.n:
+            round_sampling = dataclasses.replace(sampling, n=min(per_round, sampling.n - drawn))
+            seed_of_round = round_seed(seed, stage, stats.rounds)
+            completions = self.generator.generate([prompts[p.id] for p in active], round_sampling, seed=seed_of_round)
+            verdicts = iter(
+                self.verifier.verify(
+                    [sample.text for samples in completions for sample in samples],
+                    [p.answer for p, samples in zip(active, completions, strict=True) for _ in samples],
+                )
             )
+            info = GeneratorInfo(
+                backend=self.generator.backend,
+                model=self.generator.fingerprint,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=seed_of_round,
+            )
+            for problem, samples in zip(active, completions, strict=True):
+                attempt = attempts[problem.id]
+                if stage == "self":
+                    attempt.self_samples += len(samples)
+                else:
+                    attempt.guided_samples += len(samples)
+                stats.sampled += len(samples)
+                samples_drawn[problem.id] += len(samples)
+                tokens[problem.id] += sum(len(sample.token_ids) for sample in samples)
+                for sample in samples:
+                    verdict = next(verdicts)
+                    stats.verifier_timeouts += verdict.timed_out
+                    if not verdict.correct or not sample.text.strip():
+                        continue
+                    stats.correct += 1
+                    if stage == "guided" and self._is_copy(sample.text, problem, stats):
+                        continue
+                    record = self._model_record(problem, stage, prompts[problem.id], sample, info, attempt)
+                    accepted[problem.id].append(record)
+            drawn += round_sampling.n
+            stats.rounds += 1
+            active = [problem for problem in active if len(accepted[problem.id]) < wanted]
+
+        unsolved = []
+        for problem in problems:
+            stats.attempted += 1
+            samples_drawn = (
+                attempts[problem.id].self_samples if stage == "self" else attempts[problem.id].guided_samples
+            )
+            stats.tokens_generated += tokens[problem.id]
+            stats.tokens_fixed_n += tokens[problem.id] * sampling.n / samples_drawn
+            if accepted[problem.id]:
+                stats.solved += 1
+                kept[problem.id].extend(accepted[problem.id][:wanted])
+            else:
+                unsolved.append(problem)
         return unsolved
+
+    def _is_copy(self, response: str, problem: Problem, stats: StageStats) -> bool:
+        assert problem.expert_solution is not None
+        reason = copy_reason(response, problem.expert_solution, self.config.copy_filter)
+        if reason is not None:
+            setattr(stats, f"rejected_{reason}", getattr(stats, f"rejected_{reason}") + 1)
+        return reason is not None
 
     def _model_record(
         self, problem: Problem, stage: str, prompt: str, sample: Completion, info: GeneratorInfo, attempts: Attempts
     ) -> Record:
+        # ``attempts`` is shared and still growing; every record of a problem reports the final counts.
         return Record(
             id=problem.id,
             problem=problem.problem,

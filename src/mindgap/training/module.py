@@ -23,12 +23,11 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio
 
 
 class FineTuningModule(LightningModule):
-    def __init__(self, model_path: str, dtype: str, optim: OptimConfig, total_steps: int):
+    def __init__(self, model_path: str, dtype: str, optim: OptimConfig):
         super().__init__()
         self.model_path = model_path
         self.model_dtype = dtype
         self.optim = optim
-        self.total_steps = total_steps
         self.model: torch.nn.Module | None = None
 
     def configure_model(self) -> None:
@@ -51,8 +50,9 @@ class FineTuningModule(LightningModule):
         optimizer = torch.optim.AdamW(
             parameters, lr=self.optim.lr, betas=tuple(self.optim.betas), weight_decay=self.optim.weight_decay
         )
+        total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: warmup_cosine(step, self.total_steps, self.optim.warmup_ratio, self.optim.min_lr_ratio),
+            lambda step: warmup_cosine(step, total_steps, self.optim.warmup_ratio, self.optim.min_lr_ratio),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import Logger
 
 from mindgap.config import MindgapConfig
-from mindgap.data.datamodule import RecordsDataModule
+from mindgap.data.datamodule import RewrittenDataModule
 from mindgap.models import load_tokenizer, resolve_model_path
 from mindgap.training.module import FineTuningModule
 
 EXPORT_DIR = "model"
 
 
-def run_training(config: MindgapConfig, output_dir: Path, dataset_path: Path, logger: Logger | None) -> Path:
-    """Train on ``dataset_path`` and return the exported Hugging Face model directory."""
+def run_training(config: MindgapConfig, output_dir: Path, logger: Logger | None) -> Path:
+    """Train (rewriting first when the dataset is missing) and return the exported Hugging Face model."""
     train = config.train
     seed_everything(config.seed, workers=True)
     model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
-    datamodule = RecordsDataModule(
-        str(dataset_path), model_path, config.prompt_type, train.max_length, train.micro_batch_size, config.seed
-    )
-    datamodule.setup("fit")
-    batches_per_epoch = math.ceil(len(datamodule.examples) / train.micro_batch_size)
-    steps_per_epoch = max(1, batches_per_epoch // (train.accumulate_grad_batches * train.strategy.world_size))
-    total_steps = train.max_steps or steps_per_epoch * train.max_epochs
-    module = FineTuningModule(model_path, config.model.dtype, train.optim, total_steps)
+    datamodule = RewrittenDataModule(config, output_dir)
+    module = FineTuningModule(model_path, config.model.dtype, train.optim)
     trainer = Trainer(
         accelerator=train.strategy.accelerator,
         devices=train.strategy.devices,

@@ -1,0 +1,95 @@
+"""The rescoring pass: teacher-forced behaviour log-probs, and the recorded-vs-rescored diagnostic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+from mindgap.config import SamplingConfig
+from mindgap.data.collate import response_ids
+from mindgap.generation.hf import HFGenerator
+from mindgap.prompts import guided_prompt, standard_prompt
+from mindgap.records import GeneratorInfo, Record
+from mindgap.rewriting.rescore import Rescorer, top_p_logprobs
+
+QUESTIONS = ["What is 2+3?", "Tom has 4 apples and eats one. How many are left?", "Half of 12?"]
+EXPERT = "Tom eats one apple, so 4 - 1 = 3 are left.\nThe final answer is $\\boxed{3}$."
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8), (0.6, 0.5)])
+def test_top_p_logprobs_match_transformers_warpers(temperature: float, top_p: float) -> None:
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0)) * 3
+    warped = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, logits.clone()))
+    expected = warped.log_softmax(-1)
+    actual = top_p_logprobs(logits, temperature, top_p)
+    assert torch.equal(torch.isinf(actual), torch.isinf(expected))
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(actual[finite], expected[finite], atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_path: str) -> HFGenerator:
+    return HFGenerator(tiny_model_path, batch_size=3)
+
+
+def _records(generator: HFGenerator, sampling: SamplingConfig) -> list[Record]:
+    prompts = [standard_prompt(q, "qwen-boxed") for q in QUESTIONS[:2]]
+    prompts.append(guided_prompt(QUESTIONS[1], EXPERT, "qwen-boxed"))
+    records = []
+    for index, (prompt, samples) in enumerate(zip(prompts, generator.generate(prompts, sampling, seed=5), strict=True)):
+        for sample in samples:
+            records.append(
+                Record(
+                    id=f"p/{index}",
+                    problem=QUESTIONS[min(index, 1)],
+                    answer="3",
+                    expert_solution=EXPERT,
+                    source="guided" if index == 2 else "self",
+                    response=sample.text or "(empty)",
+                    response_token_ids=sample.token_ids,
+                    behavior_logprobs=sample.logprobs,
+                    behavior_prompt=prompt,
+                    generator=GeneratorInfo("hf", "tiny", sampling.temperature, sampling.top_p, sampling.max_tokens),
+                )
+            )
+    records.append(
+        Record(
+            "p/x", QUESTIONS[1], "3", EXPERT, "expert", EXPERT, None, None, standard_prompt(QUESTIONS[1], "qwen-boxed")
+        )
+    )
+    return records
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
+def test_rescoring_reproduces_the_recorded_sampling_logprobs(
+    generator: HFGenerator, tiny_model_path: str, temperature: float, top_p: float
+) -> None:
+    records = _records(generator, SamplingConfig(n=2, temperature=temperature, top_p=top_p, max_tokens=12))
+    rescorer = Rescorer(tiny_model_path, "float32", generator.tokenizer, batch_size=4)
+    gaps = rescorer.rescore(records)
+    # HF generate (KV cache, left-padded batch) against one full forward: fp32 rounding only.
+    assert set(gaps) == {"self", "guided"} and max(gaps.values()) < 1e-4
+    for record in records:
+        ids = response_ids(record.to_dict(), generator.tokenizer)
+        assert record.rescored_logprobs is not None and len(record.rescored_logprobs) == len(ids)
+        prompt_ids = generator.tokenizer(record.behavior_prompt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = generator.model(torch.tensor([prompt_ids + ids])).logits[0, len(prompt_ids) - 1 : -1]
+        # Stored values are log π₀ at temperature 1, whatever the sampling temperature was.
+        expected = logits.log_softmax(-1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(record.rescored_logprobs), expected, atol=1e-4, rtol=0)
+    # The expert text is scored as it is trained: its tokens plus eos.
+    assert records[-1].rescored_logprobs is not None
+    assert len(records[-1].rescored_logprobs) == len(generator.tokenizer(EXPERT)["input_ids"]) + 1
+
+
+def test_rescoring_does_not_depend_on_batch_composition(generator: HFGenerator, tiny_model_path: str) -> None:
+    records = _records(generator, SamplingConfig(n=2, temperature=1.0, max_tokens=12))
+    singles = [Record.from_dict(record.to_dict()) for record in records]
+    Rescorer(tiny_model_path, "float32", generator.tokenizer, batch_size=8).rescore(records)
+    Rescorer(tiny_model_path, "float32", generator.tokenizer, batch_size=1).rescore(singles)
+    for batched, single in zip(records, singles, strict=True):
+        torch.testing.assert_close(
+            torch.tensor(batched.rescored_logprobs), torch.tensor(single.rescored_logprobs), atol=1e-5, rtol=0
+        )
