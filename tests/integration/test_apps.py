@@ -50,6 +50,7 @@ def test_rewrite_app_skips_bad_records_when_not_strict(tmp_path: Path) -> None:
         {"q": "What is 1+1?", "sol": "1+1=2\n#### 2"},
         {"q": "What is 2+2?", "sol": "no final answer line"},
         {"q": "What is 3+3?", "sol": "3+3=6\n#### 6"},
+        {"q": "What is 4+4?", "sol": "4+4\n#### \\frac{"},
     ]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     common = [
@@ -72,7 +73,11 @@ def test_rewrite_app_skips_bad_records_when_not_strict(tmp_path: Path) -> None:
     assert lenient.returncode == 0, lenient.stderr[-3000:]
     manifest = json.loads((tmp_path / "lenient" / "manifest.json").read_text())
     assert manifest["counts_per_source"] == {"expert": 2}
-    assert [skip["id"] for skip in manifest["skipped"]] == ["file/1"]
+    assert [skip["id"] for skip in manifest["skipped"]] == ["file/1", "file/3"]
+    assert manifest["skipped"][1]["reason"] == (
+        "record file/3: math-verify cannot parse the gold answer '\\\\frac{' and it is not a plain number or text"
+        " (data.fields.answer)"
+    )
     records = load_from_disk(str(tmp_path / "lenient" / "dataset"))
     assert records[0]["response"] == "1+1=2\nThe final answer is $\\boxed{2}$."
     assert list((tmp_path / "lenient" / "csv").glob("*/rewrite_samples.csv"))

@@ -65,7 +65,7 @@ def _usable_problems(problems: list[Problem], strict: bool, skipped: list[Skippe
         else:
             gold_reason = gold_problem(problem.answer)
             if gold_reason is not None:
-                reason = f"record {problem.id}: unusable gold answer {problem.answer!r}: {gold_reason}"
+                reason = f"record {problem.id}: {gold_reason} (data.fields.answer)"
         if reason is None:
             usable.append(problem)
         elif strict:
