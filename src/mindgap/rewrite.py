@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -76,10 +77,19 @@ def _track(config: MindgapConfig, output_dir: Path, result: StageResult) -> None
         tracker.log_table(
             "rewrite/samples",
             ["id", "source", "answer", "response"],
-            [[row["id"], row["source"], row["answer"], row["response"]] for row in result.sample_rows[:SAMPLE_ROWS]],
+            [[row["id"], row["source"], row["answer"], row["response"]] for row in _sample(result.sample_rows)],
         )
     finally:
         tracker.finish()
+
+
+def _sample(rows: list[dict]) -> list[dict]:
+    """Up to SAMPLE_ROWS records, taken in turn from each source so that rare sources show up."""
+    by_source: dict[str, list[dict]] = {}
+    for row in rows:
+        by_source.setdefault(row["source"], []).append(row)
+    interleaved = [row for group in itertools.zip_longest(*by_source.values()) for row in group if row is not None]
+    return interleaved[:SAMPLE_ROWS]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="rewrite")
