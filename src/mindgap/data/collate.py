@@ -19,6 +19,12 @@ class TokenizedExample:
     input_ids: list[int]
     # Number of leading prompt tokens (not trained on).
     prompt_length: int
+    # Loss tokens of the optimiser step the example is trained in (set by the step plan).
+    step_loss_tokens: int = 0
+
+    @property
+    def loss_tokens(self) -> int:
+        return len(self.input_ids) - self.prompt_length
 
 
 def response_ids(record: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -39,7 +45,11 @@ def tokenize_record(
 
 
 class Collator:
-    """Right-pads a list of examples; labels are -100 on prompt and padding positions."""
+    """Right-pads a list of examples; labels are -100 on prompt and padding positions.
+
+    ``step_loss_tokens`` is the loss-token count of the examples' optimiser step; a batch built
+    outside a step plan counts as a step of its own.
+    """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -60,4 +70,5 @@ class Collator:
             "labels": labels,
             "ids": [example.id for example in examples],
             "sources": [example.source for example in examples],
+            "step_loss_tokens": examples[0].step_loss_tokens or sum(example.loss_tokens for example in examples),
         }

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-import torch
 from datasets import load_from_disk
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from mindgap.config import MindgapConfig
+from mindgap.data.batching import StepBatchSampler
 from mindgap.data.collate import Collator, TokenizedExample, tokenize_record
 from mindgap.errors import ConfigError, DataError
 from mindgap.models import load_tokenizer, resolve_model_path
@@ -59,11 +60,30 @@ class RewrittenDataModule(LightningDataModule):
         self.collator = Collator(tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.config.seed)
-        return DataLoader(
-            self.examples,
-            batch_size=self.config.train.micro_batch_size,
-            shuffle=True,
-            generator=generator,
-            collate_fn=self.collator,
+        train = self.config.train
+        trainer = self.trainer
+        sampler = StepBatchSampler(
+            lengths=[len(example.input_ids) for example in self.examples],
+            loss_tokens=[example.loss_tokens for example in self.examples],
+            micro_batch_size=train.micro_batch_size,
+            accumulate=train.accumulate_grad_batches,
+            world_size=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=self.config.seed,
+            group_by_length=True,
         )
+        return DataLoader(_PlannedExamples(self.examples), batch_sampler=sampler, collate_fn=self.collator)
+
+
+class _PlannedExamples(Dataset):
+    """Examples addressed by ``(index, step loss tokens)``, as the step batch sampler yields them."""
+
+    def __init__(self, examples: list[TokenizedExample]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key: tuple[int, int]) -> TokenizedExample:
+        index, step_loss_tokens = key
+        return dataclasses.replace(self.examples[index], step_loss_tokens=step_loss_tokens)

@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule
 
 from mindgap.config import OptimConfig
 from mindgap.models import load_causal_lm
-from mindgap.training.losses import sft_loss, token_logprobs
+from mindgap.training.losses import token_logprobs
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> float:
@@ -29,8 +29,11 @@ class FineTuningModule(LightningModule):
         self.model_dtype = dtype
         self.optim = optim
         self.model: torch.nn.Module | None = None
+        # Loss of the optimiser step in progress, summed over its micro-batches on this rank.
+        self.step_loss = torch.zeros(())
 
     def configure_model(self) -> None:
+        self.step_loss = torch.zeros((), device=self.device)
         if self.model is None:
             # from_pretrained returns the model in eval mode; dropout and friends must train.
             self.model = load_causal_lm(self.model_path, dtype=self.model_dtype).train()
@@ -39,11 +42,17 @@ class FineTuningModule(LightningModule):
         assert self.model is not None
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logprobs, mask = token_logprobs(logits, batch["labels"])
-        loss = sft_loss(logprobs, mask)
-        batch_size = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/loss_tokens", mask.sum().float(), reduce_fx="sum", batch_size=batch_size)
-        return loss
+        # This micro-batch's share of the step's per-token mean: its summed loss over the step's tokens.
+        loss = -(logprobs * mask).sum() / batch["step_loss_tokens"]
+        self.step_loss += loss.detach()
+        # Lightning divides by the accumulation and DDP/FSDP average gradients over ranks: undo both,
+        # so the step's gradient is that of the per-token mean over all its micro-batches and ranks.
+        return loss * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        step_loss = self.trainer.strategy.reduce(self.step_loss, reduce_op="sum")
+        self.log("train/loss", step_loss, prog_bar=True, rank_zero_only=True)
+        self.step_loss = torch.zeros((), device=self.device)
 
     def configure_optimizers(self) -> dict[str, Any]:
         parameters = [p for p in self.trainer.model.parameters() if p.requires_grad]

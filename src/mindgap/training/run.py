@@ -36,6 +36,8 @@ def run_training(config: MindgapConfig, output_dir: Path, logger: Logger | None)
         log_every_n_steps=train.log_every_n_steps,
         default_root_dir=str(output_dir),
         enable_checkpointing=False,
+        # The data module's step plan already gives each rank its own micro-batches.
+        use_distributed_sampler=False,
         enable_model_summary=False,
     )
     trainer.fit(module, datamodule=datamodule)
