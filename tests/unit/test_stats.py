@@ -1,0 +1,126 @@
+"""Importance-weight statistics against hand-computed values, and their reduction from sums."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mindgap.training.losses import source_ids, weight_rules, weighted_loss
+from mindgap.training.stats import FIELDS, WeightSums, finish, weight_sums
+
+LN2 = math.log(2.0)
+INF, NAN = float("inf"), float("nan")
+
+
+def _hand_batch() -> tuple[torch.Tensor, ...]:
+    # Row 0 (self): w = (2, 1/2, 1) after truncation at c_max = 2, l = (2 ln 2, -ln 2, 0), first token clipped.
+    # Row 1 (expert): w = (1, 1), l = (0, 0), one padding position.
+    # Row 2 (guided): padding only. Padding holds garbage that must be ignored.
+    # float64 inputs so that the comparison can be exact to 1e-12.
+    weights = torch.tensor([[2.0, 0.5, 1.0], [1.0, 1.0, INF], [NAN, 3.0, 4.0]], dtype=torch.float64)
+    log_ratio = torch.tensor([[2 * LN2, -LN2, 0.0], [0.0, 0.0, NAN], [INF, 1.0, 1.0]], dtype=torch.float64)
+    clipped = torch.tensor([[True, False, False], [False, False, True], [True, True, True]])
+    mask = torch.tensor([[True, True, True], [True, True, False], [False, False, False]])
+    return weights, log_ratio, clipped, mask, source_ids(["self", "expert", "guided"])
+
+
+def test_hand_computed_statistics() -> None:
+    stats = finish(weight_sums(*_hand_batch()))
+    expected = {
+        # self: N = 3, sum w = 7/2, sum w^2 = 4 + 1/4 + 1 = 21/4.
+        # mean = 7/6; var = (21/4)/3 - 49/36 = 63/36 - 49/36 = 7/18; max = 2;
+        # ESS = (7/2)^2 / (3 * 21/4) = (49/4) / (63/4) = 7/9; clipped 1/3; mean l = (2 - 1 + 0) ln 2 / 3.
+        "is/self/tokens": 3.0,
+        "is/self/weight_mean": 7 / 6,
+        "is/self/weight_var": 7 / 18,
+        "is/self/weight_max": 2.0,
+        "is/self/ess": 7 / 9,
+        "is/self/clipped_frac": 1 / 3,
+        "is/self/log_ratio_mean": LN2 / 3,
+        # expert: N = 2, every w = 1: mean 1, var 0, max 1, ESS 1, nothing clipped, mean l = 0.
+        "is/expert/tokens": 2.0,
+        "is/expert/weight_mean": 1.0,
+        "is/expert/weight_var": 0.0,
+        "is/expert/weight_max": 1.0,
+        "is/expert/ess": 1.0,
+        "is/expert/clipped_frac": 0.0,
+        "is/expert/log_ratio_mean": 0.0,
+        # all: N = 5, sum w = 11/2, sum w^2 = 29/4. mean = 11/10; var = 29/20 - 121/100 = 24/100;
+        # ESS = (121/4) / (5 * 29/4) = 121/145; clipped 1/5; mean l = ln 2 / 5.
+        "is/all/tokens": 5.0,
+        "is/all/weight_mean": 1.1,
+        "is/all/weight_var": 0.24,
+        "is/all/weight_max": 2.0,
+        "is/all/ess": 121 / 145,
+        "is/all/clipped_frac": 0.2,
+        "is/all/log_ratio_mean": LN2 / 5,
+    }
+    # guided has no loss token: its keys are omitted rather than NaN.
+    assert stats.keys() == expected.keys()
+    for key, value in expected.items():
+        assert stats[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_sums_layout_for_the_reduction() -> None:
+    sums = weight_sums(*_hand_batch())
+    assert sums.sums.shape == (3, len(FIELDS)) and sums.sums.dtype == torch.float64
+    # Rows follow SOURCES = (self, guided, expert); columns follow FIELDS.
+    torch.testing.assert_close(
+        sums.sums,
+        torch.tensor([[3.0, 3.5, 5.25, 1.0, LN2], [0.0] * 5, [2.0, 2.0, 2.0, 0.0, 0.0]], dtype=torch.float64),
+    )
+    torch.testing.assert_close(sums.maxima, torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64))
+
+
+def _random_batch(seed: int) -> tuple[torch.Tensor, ...]:
+    # IS weights from the loss itself, with clipping, on 8 rows of ragged length.
+    generator = torch.Generator().manual_seed(seed)
+    logp = torch.rand(8, 6, generator=generator).log()
+    log_beta = torch.rand(8, 6, generator=generator).log()
+    lengths = torch.tensor([6, 1, 4, 0, 5, 3, 6, 2])
+    mask = torch.arange(6)[None, :] < lengths[:, None]
+    sources = source_ids(["self", "guided", "expert", "self", "guided", "expert", "self", "guided"])
+    rules = weight_rules("is", sources, "uniform")
+    out = weighted_loss(logp, mask, rules, log_beta, num_step_tokens=mask.sum(), clip_max=3.0, clip_min=0.1)
+    return out.weights, out.log_ratio, out.clipped, mask, sources
+
+
+@pytest.mark.parametrize("split", [1, 3, 5, 7])
+def test_merged_sums_equal_the_whole(split: int) -> None:
+    # Two micro-batches (or two ranks) each send their sums; SUM-reducing `sums` and MAX-reducing
+    # `maxima` (what `merge` does) gives exactly the statistics of the whole batch.
+    batch = _random_batch(seed=split)
+    whole = weight_sums(*batch)
+    parts = [weight_sums(*(t[:split] for t in batch)), weight_sums(*(t[split:] for t in batch))]
+    merged = WeightSums.zeros().merge(parts[0]).merge(parts[1])
+    torch.testing.assert_close(merged.sums, whole.sums)
+    torch.testing.assert_close(merged.maxima, whole.maxima)
+    stats, expected = finish(merged), finish(whole)
+    assert stats.keys() == expected.keys()
+    assert stats == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert {"is/self/ess", "is/guided/ess", "is/expert/ess", "is/all/ess"} <= stats.keys()
+    # The all-reduce equivalent: stack the ranks' tensors, sum and max.
+    torch.testing.assert_close(torch.stack([p.sums for p in parts]).sum(0), whole.sums)
+    torch.testing.assert_close(torch.stack([p.maxima for p in parts]).amax(0), whole.maxima)
+
+
+def test_empty_groups_and_zero_weights_never_nan() -> None:
+    # No loss token at all: nothing to report.
+    ones, nowhere = torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.bool)
+    assert finish(weight_sums(ones, ones, nowhere, nowhere, source_ids(["self", "expert"]))) == {}
+    assert finish(WeightSums.zeros()) == {}
+    empty, no_mask = torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.bool)
+    assert finish(weight_sums(empty, empty, no_mask, no_mask, source_ids([]))) == {}
+    # Every weight masked out by clipping (mask mode): mean 0, var 0, ESS reported as 0, all clipped.
+    everywhere = torch.ones(1, 2, dtype=torch.bool)
+    zero_weights = weight_sums(
+        torch.zeros(1, 2), torch.full((1, 2), 3.0), everywhere, everywhere, source_ids(["guided"])
+    )
+    stats = finish(zero_weights)
+    assert stats["is/guided/weight_mean"] == 0.0
+    assert stats["is/guided/ess"] == 0.0
+    assert stats["is/guided/clipped_frac"] == 1.0
+    assert stats["is/guided/log_ratio_mean"] == 3.0
+    assert all(math.isfinite(value) for value in stats.values())
