@@ -334,14 +334,48 @@ class OptimConfig:
 
 
 @dataclass
-class LossConfig:
-    """The training objective (DESIGN.md §1, "The loss family")."""
+class ClipConfig:
+    """Bounds on the importance weight."""
 
-    # sft: mean negative log-likelihood over the loss tokens.
-    name: str = "sft"
+    # c_max; null: no upper bound.
+    max: float | None = None
+    # c_min; null: no lower bound.
+    min: float | None = None
+    # truncate: clamp the weight into [min, max] | mask: weight 0 for tokens outside [min, max]
+    mode: str = "truncate"
 
     def __post_init__(self) -> None:
-        _require_choice("train.loss.name", self.name, ("sft",))
+        _require_choice("train.loss.clip.mode", self.mode, ("truncate", "mask"))
+        _require_positive("train.loss.clip.max", self.max)
+        _require_positive("train.loss.clip.min", self.min, allow_zero=True)
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ConfigError(f"train.loss.clip: min={self.min} is above max={self.max}")
+
+
+@dataclass
+class LossConfig:
+    """The training objective (DESIGN.md §1, "The loss family"): L = -sum m w logp / N_step."""
+
+    # sft: w = 1 | dft: w = sg(p) | is: w = sg(p) / beta, from the records' behaviour log-probs.
+    name: str = "sft"
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    # token: one weight per token | sequence: w = exp(mean log-ratio) for the whole response.
+    level: str = "token"
+    # is, expert records: uniform (beta = 1, the DFT weight) | one (w = 1) | model (beta = pi_0, unguided prompt)
+    expert_behavior: str = "uniform"
+    # is: rescored (the HF model's own forward, DESIGN.md §1) | recorded (the generator's values).
+    behavior_logprobs: str = "rescored"
+
+    def __post_init__(self) -> None:
+        _require_choice("train.loss.name", self.name, ("sft", "dft", "is"))
+        _require_choice("train.loss.level", self.level, ("token", "sequence"))
+        _require_choice("train.loss.expert_behavior", self.expert_behavior, ("uniform", "one", "model"))
+        _require_choice("train.loss.behavior_logprobs", self.behavior_logprobs, ("rescored", "recorded"))
+        if self.name == "is" and self.expert_behavior == "model" and self.behavior_logprobs == "recorded":
+            raise ConfigError(
+                "train.loss: expert_behavior=model needs behavior_logprobs=rescored (expert text has no recorded"
+                " values)"
+            )
 
 
 @dataclass

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from mindgap.data.collate import Collator, tokenize_record
+from mindgap.errors import DataError
 from mindgap.prompts import standard_prompt
 from mindgap.training.losses import IGNORE_INDEX
 
@@ -47,3 +52,30 @@ def test_truncation_and_padding_masks(tiny_tokenizer) -> None:
     assert labels[1].ne(IGNORE_INDEX).sum().item() == 2
     assert mask[1].sum().item() == len(short.input_ids)
     assert batch["ids"] == ["r1", "r1"] and batch["sources"] == ["expert", "self"]
+
+
+def test_behaviour_logprobs_sit_on_the_label_positions(tiny_tokenizer) -> None:
+    record = _record(source="self", response_token_ids=[9, 10, 2], rescored_logprobs=[-0.5, -0.25, -0.125])
+    example = tokenize_record(record, tiny_tokenizer, "qwen-boxed", 512, behavior_field="rescored_logprobs")
+    expert = tokenize_record(_record(rescored_logprobs=None), tiny_tokenizer, "qwen-boxed", 512, "rescored_logprobs")
+    batch = Collator(pad_token_id=tiny_tokenizer.pad_token_id)([example, expert])
+    start = example.prompt_length
+    assert batch["behavior_logprobs"][0, start : start + 3].tolist() == [-0.5, -0.25, -0.125]
+    assert batch["behavior_logprobs"][0].abs().sum().item() == 0.875
+    assert batch["has_behavior"].tolist() == [True, False]
+    # Truncation cuts the behaviour values with the tokens.
+    cut = tokenize_record(record, tiny_tokenizer, "qwen-boxed", start + 2, behavior_field="rescored_logprobs")
+    assert cut.behavior_logprobs == [-0.5, -0.25]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([-0.5], "record r1: rescored_logprobs has 1 values for 3 response tokens"),
+        ([-0.5, float("nan"), -1.0], "record r1: rescored_logprobs holds a non-finite value"),
+    ],
+)
+def test_bad_behaviour_logprobs_name_the_record(tiny_tokenizer, values: list[float], message: str) -> None:
+    record = _record(source="self", response_token_ids=[9, 10, 2], rescored_logprobs=values)
+    with pytest.raises(DataError, match=re.escape(message)):
+        tokenize_record(record, tiny_tokenizer, "qwen-boxed", 512, behavior_field="rescored_logprobs")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mindgap.errors import DataError
 from mindgap.prompts import standard_prompt
 from mindgap.training.losses import IGNORE_INDEX
 
@@ -19,6 +21,8 @@ class TokenizedExample:
     input_ids: list[int]
     # Number of leading prompt tokens (not trained on).
     prompt_length: int
+    # Behaviour log-probs of the response tokens kept (after truncation); None when not asked for.
+    behavior_logprobs: list[float] | None = None
     # Loss tokens of the optimiser step the example is trained in (set by the step plan).
     step_loss_tokens: int = 0
 
@@ -35,13 +39,33 @@ def response_ids(record: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> 
 
 
 def tokenize_record(
-    record: dict[str, Any], tokenizer: PreTrainedTokenizerBase, prompt_type: str, max_length: int
+    record: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_type: str,
+    max_length: int,
+    behavior_field: str | None = None,
 ) -> TokenizedExample:
-    """Prompt + response ids, cut to ``max_length``; model responses keep their generated ids exactly."""
+    """Prompt + response ids, cut to ``max_length``; model responses keep their generated ids exactly.
+
+    ``behavior_field`` (``rescored_logprobs`` or ``behavior_logprobs``) names the record's
+    behaviour log-probs to carry along, aligned with the response tokens; null values stay None.
+    """
     prompt = standard_prompt(record["problem"], prompt_type, tokenizer)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    input_ids = (prompt_ids + response_ids(record, tokenizer))[:max_length]
-    return TokenizedExample(record["id"], record["source"], input_ids, min(len(prompt_ids), len(input_ids)))
+    response = response_ids(record, tokenizer)
+    input_ids = (prompt_ids + response)[:max_length]
+    prompt_length = min(len(prompt_ids), len(input_ids))
+    behavior = record.get(behavior_field) if behavior_field else None
+    if behavior is not None:
+        if len(behavior) != len(response):
+            raise DataError(
+                f"record {record['id']}: {behavior_field} has {len(behavior)} values"
+                f" for {len(response)} response tokens"
+            )
+        if not all(math.isfinite(value) for value in behavior):
+            raise DataError(f"record {record['id']}: {behavior_field} holds a non-finite value")
+        behavior = list(behavior[: len(input_ids) - prompt_length])
+    return TokenizedExample(record["id"], record["source"], input_ids, prompt_length, behavior)
 
 
 class Collator:
@@ -59,15 +83,21 @@ class Collator:
         input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
         labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+        # Aligned with labels: the behaviour log-prob of the token at each response position.
+        behavior = torch.zeros((len(examples), length), dtype=torch.float32)
         for row, example in enumerate(examples):
             ids = torch.tensor(example.input_ids, dtype=torch.long)
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
             labels[row, example.prompt_length : len(ids)] = ids[example.prompt_length :]
+            if example.behavior_logprobs is not None:
+                behavior[row, example.prompt_length : len(ids)] = torch.tensor(example.behavior_logprobs)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
+            "behavior_logprobs": behavior,
+            "has_behavior": torch.tensor([example.behavior_logprobs is not None for example in examples]),
             "ids": [example.id for example in examples],
             "sources": [example.source for example in examples],
             "step_loss_tokens": examples[0].step_loss_tokens or sum(example.loss_tokens for example in examples),

@@ -54,7 +54,15 @@ class RewrittenDataModule(LightningDataModule):
         train = self.config.train
         tokenizer = load_tokenizer(resolve_model_path(self.config.model, self.config.cache_dir, self.config.data_root))
         dataset = load_from_disk(str(self.dataset_path))
-        self.examples = [tokenize_record(row, tokenizer, self.config.prompt_type, train.max_length) for row in dataset]
+        behavior_field = None
+        if train.loss.name == "is":
+            behavior_field = {"rescored": "rescored_logprobs", "recorded": "behavior_logprobs"}[
+                train.loss.behavior_logprobs
+            ]
+        self.examples = [
+            tokenize_record(row, tokenizer, self.config.prompt_type, train.max_length, behavior_field)
+            for row in dataset
+        ]
         if not self.examples:
             raise DataError(f"dataset {self.dataset_path} has no records to train on")
         self.collator = Collator(tokenizer.pad_token_id)

@@ -21,7 +21,7 @@ def run_training(config: MindgapConfig, output_dir: Path, logger: Logger | None)
     seed_everything(config.seed, workers=True)
     model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
     datamodule = RewrittenDataModule(config, output_dir)
-    module = FineTuningModule(model_path, config.model.dtype, train.optim)
+    module = FineTuningModule(model_path, config.model.dtype, train.optim, train.loss)
     trainer = Trainer(
         accelerator=train.strategy.accelerator,
         devices=train.strategy.devices,
