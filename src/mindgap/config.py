@@ -382,7 +382,8 @@ class LossConfig:
 class StrategyConfig:
     """How training is spread over devices (a Lightning strategy)."""
 
-    # single: one device | ddp: data parallel, one process per device (gloo on CPU)
+    # single: one device | ddp: data parallel, one process per device (gloo on CPU) | ddp_spawn: the
+    # same with spawned processes (for Hydra multiruns on one machine, where ddp would re-run the sweep)
     name: str = "single"
     # cpu | gpu | auto
     accelerator: str = "auto"
@@ -393,7 +394,7 @@ class StrategyConfig:
     precision: str = "32-true"
 
     def __post_init__(self) -> None:
-        _require_choice("train.strategy.name", self.name, ("single", "ddp"))
+        _require_choice("train.strategy.name", self.name, ("single", "ddp", "ddp_spawn"))
         _require_choice("train.strategy.accelerator", self.accelerator, ("cpu", "gpu", "auto"))
         _require_choice("train.strategy.precision", self.precision, ("32-true", "bf16-mixed", "bf16-true", "16-mixed"))
         _require_positive("train.strategy.devices", self.devices)

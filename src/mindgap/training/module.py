@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,12 +26,13 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio
 
 
 class FineTuningModule(LightningModule):
-    def __init__(self, model_path: str, dtype: str, optim: OptimConfig, loss: LossConfig):
+    def __init__(self, model_path: str, dtype: str, optim: OptimConfig, loss: LossConfig, export_dir: Path):
         super().__init__()
         self.model_path = model_path
         self.model_dtype = dtype
         self.optim = optim
         self.loss = loss
+        self.export_dir = export_dir
         self.model: torch.nn.Module | None = None
         # Loss and importance-weight sums of the optimiser step in progress, over its micro-batches on this rank.
         self.step_loss = torch.zeros(())
@@ -87,6 +89,12 @@ class FineTuningModule(LightningModule):
         metrics = {"train/loss": step_loss.item()} | finish(WeightSums(sums, maxima))
         self.log_dict(metrics, prog_bar=False, rank_zero_only=True)
         self._reset_step()
+
+    def on_train_end(self) -> None:
+        # Runs in the training processes (also spawned ones, where the weights live).
+        if self.trainer.is_global_zero:
+            assert self.model is not None
+            self.model.save_pretrained(self.export_dir)
 
     def configure_optimizers(self) -> dict[str, Any]:
         parameters = [p for p in self.trainer.model.parameters() if p.requires_grad]
