@@ -16,11 +16,11 @@ from mindgap.training.losses import (
     IGNORE_INDEX,
     WeightRule,
     importance_weights,
-    sft_loss,
     source_ids,
     token_logprobs,
     weight_rules,
     weighted_loss,
+    weighted_nll,
 )
 
 LN2 = math.log(2.0)
@@ -48,6 +48,11 @@ def _close(actual: torch.Tensor, expected: float | list) -> None:
     torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), rtol=1e-6, atol=1e-6)
 
 
+def _sft(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """w = 1 and N = the batch's loss tokens: the plain mean NLL."""
+    return weighted_nll(logprobs, torch.ones_like(logprobs), mask, mask.sum())
+
+
 def test_sft_three_token_example() -> None:
     # Vocabulary of 2, uniform logits at every position: log p = log(1/2) for each target.
     # Sequence [0, 1, 1, 0] with the first token as prompt: targets are 1, 1, 0 (3 tokens),
@@ -57,7 +62,7 @@ def test_sft_three_token_example() -> None:
     logprobs, mask = token_logprobs(logits, labels)
     assert mask.tolist() == [[True, True, True]]
     torch.testing.assert_close(logprobs, torch.full((1, 3), math.log(0.5)))
-    torch.testing.assert_close(sft_loss(logprobs, mask), torch.tensor(math.log(2.0)))
+    torch.testing.assert_close(_sft(logprobs, mask), torch.tensor(math.log(2.0)))
 
 
 def test_sft_uneven_logits_by_hand() -> None:
@@ -67,7 +72,7 @@ def test_sft_uneven_logits_by_hand() -> None:
     labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
     logprobs, mask = token_logprobs(logits, labels)
     expected = -(math.log(3 / 4) + math.log(4 / 5)) / 2
-    assert abs(sft_loss(logprobs, mask).item() - expected) < 1e-6
+    assert abs(_sft(logprobs, mask).item() - expected) < 1e-6
 
 
 def test_sft_equals_hugging_face_causal_lm_loss(tiny_model_path: str) -> None:
@@ -81,7 +86,7 @@ def test_sft_equals_hugging_face_causal_lm_loss(tiny_model_path: str) -> None:
     labels[2, 7:] = IGNORE_INDEX
     output = model(input_ids=input_ids, labels=labels)
     logprobs, mask = token_logprobs(output.logits, labels)
-    torch.testing.assert_close(sft_loss(logprobs, mask), output.loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(_sft(logprobs, mask), output.loss, atol=1e-6, rtol=1e-6)
     # The general function with the sft rule and N = the batch's loss tokens is the same loss.
     rules = weight_rules("sft", source_ids(["self", "guided", "expert"]))
     general = weighted_loss(logprobs, mask, rules, num_step_tokens=mask.sum())

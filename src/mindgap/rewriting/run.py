@@ -102,10 +102,6 @@ def _chunk_file(work: Path, phase: str, index: int) -> Path:
     return work / phase / f"chunk-{index:05d}.json"
 
 
-def _counters(verifier: Verifier) -> dict[str, int]:
-    return verifier.counters.as_dict()
-
-
 class _Progress:
     """A progress bar over problems with the running composition of the kept sources."""
 
@@ -206,9 +202,9 @@ class RewriteStage:
                     self.config.prompt_type,
                 )
                 for index in pending:
-                    started, before = time.time(), _counters(verifier)
+                    started, before = time.time(), verifier.counters.as_dict()
                     outcome = rewriter.run(self.chunks[index], seed=self._chunk_seed(index))
-                    after = _counters(verifier)
+                    after = verifier.counters.as_dict()
                     payload = {
                         "index": index,
                         "problem_ids": [problem.id for problem in self.chunks[index]],

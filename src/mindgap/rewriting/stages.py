@@ -71,9 +71,6 @@ class RewriteOutcome:
     # Problems without a record (only under rewrite=self_only): id -> reason.
     dropped: dict[str, str] = field(default_factory=dict)
 
-    def counts_per_source(self) -> dict[str, int]:
-        return dict(Counter(record.source for record in self.records))
-
 
 def round_seed(seed: int, stage: str, round_index: int) -> int:
     """Seed of one sampling round: a function of its coordinates only, so a resumed run draws the same."""

@@ -222,8 +222,3 @@ def weighted_loss(
     )
     loss = weighted_nll(logprobs, weights, mask, num_step_tokens)
     return WeightedLoss(loss, weights, log_ratio, clipped)
-
-
-def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over the loss tokens of this batch (w = 1, N = the batch's tokens)."""
-    return weighted_nll(logprobs, torch.ones_like(logprobs), mask, mask.sum())
