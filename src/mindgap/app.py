@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,15 +84,23 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def stage_tracker(config: CommonConfig, save_dir: Path, stage: str) -> Tracker:
-    """A tracker for one stage run, named ``<experiment>/<stage>`` and grouped by experiment."""
+def stage_tracker(
+    config: CommonConfig, save_dir: Path, stage: str, tags: Sequence[str] = (), label: str | None = None
+) -> Tracker:
+    """A tracker for one stage run, grouped by experiment and tagged with ``tags``.
+
+    The run is named ``<experiment>-<stage>[-<label>]-seed<seed>``: ``label`` tells apart the runs of one
+    stage (the models of one evaluation).
+    """
+    stage_name = stage if label is None else f"{stage}-{label}"
     return Tracker(
         lightning_logger(
             config.logger,
             save_dir,
-            run_name=f"{config.experiment_name}-{stage}-seed{config.seed}",
+            run_name=f"{config.experiment_name}-{stage_name}-seed{config.seed}",
             experiment_name=config.experiment_name,
             hyperparameters=dataclasses.asdict(config),
             job_type=stage,
+            tags=tags,
         )
     )

@@ -1,37 +1,42 @@
-"""mindgap-eval: sample answers on benchmarks and score them."""
+"""mindgap-eval: sample answers on benchmarks, score them, and compare models."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
-from mindgap.evaluation.run import run_evaluation
-from mindgap.models import resolve_model_path
+from mindgap.config import CONFIG_DIR, EvalAppConfig, MindgapConfig, register_configs
+from mindgap.evaluation.run import RESULTS_TABLE, run_evaluation
+from mindgap.tracking import Tracker
 
 register_configs()
 
 
 def evaluate(config: MindgapConfig, output_dir: Path, model_path: str | None = None) -> float:
-    """Evaluate ``model_path`` (default: eval.model_path, else the configured model); return the mean score."""
-    model_path = (
-        model_path or config.eval.model_path or resolve_model_path(config.model, config.cache_dir, config.data_root)
-    )
-    tracker = stage_tracker(config, output_dir, "eval")
-    try:
-        results: dict[str, Any] = run_evaluation(config, output_dir, model_path, tracker)
-    finally:
-        tracker.finish()
-    return next(iter(results["mean"].values()))
+    """Evaluate ``model_path``, else ``eval.models``, else the ``model`` config; compare several models.
+
+    Prints the results table (the comparison for several models) and returns the first model's mean
+    avg@n over the benchmarks.
+    """
+
+    def make_tracker(save_dir: Path, label: str | None, stage: str) -> Tracker:
+        return stage_tracker(config, save_dir, stage, label=label)
+
+    outcome = run_evaluation(config, output_dir, make_tracker, model_path)
+    if outcome.comparison is not None:
+        print(outcome.comparison.markdown(), flush=True)
+    else:
+        print((outcome.models[0].results_dir / RESULTS_TABLE).read_text(), flush=True)
+    first = outcome.models[0].results
+    return first["mean"][first["metrics"][0]]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> float:
-    return run_app(cfg, MindgapConfig, evaluate, "eval")
+    return run_app(cfg, EvalAppConfig, evaluate, "eval")
 
 
 def main() -> None:

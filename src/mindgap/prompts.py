@@ -1,7 +1,9 @@
-"""Prompt templates: the standard solving prompt of each model family and the guided re-solve prompt.
+"""Prompt templates: the standard solving prompt of each model family, the guided re-solve and rewrite prompts.
 
 Every kept response is trained under ``standard_prompt``; ``guided_prompt`` is only the
-behaviour prompt of guided re-solves (DESIGN.md §1).
+behaviour prompt of guided re-solves, ``rewrite_prompt`` that of rewritten expert solutions
+(``rewrite=sdft|rl_agent``; DESIGN.md §1). The RL rewriter's rewards score rewrites under two
+plain scaffolds that belong to no model family: ``ALIGNMENT_SCAFFOLD`` and ``VALIDITY_JUDGE``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,25 @@ GUIDED_REQUEST = (
     "Put your final answer within \\boxed{{}}."
 )
 
+REWRITE_REQUEST = (
+    "{problem}\n\n"
+    "Here is a reference solution to this problem:\n{expert_solution}\n\n"
+    "Rewrite this reference solution in your own words and style. Keep every step correct and keep "
+    "the same final answer. Do not mention or refer to the reference solution. "
+    "Put your final answer within \\boxed{{}}."
+)
+
+# The frozen backbone's view of a rewrite for the alignment reward: the question alone, no instruction, no
+# chat markup, so that the score measures how natural the rewrite is to the model rather than to one template.
+ALIGNMENT_SCAFFOLD = "Problem: {problem}\nAnswer: "
+
+# The optional validity check of the RL rewriter's gate: the rewrite passes when the frozen backbone's next
+# token after this prompt is more likely the first token of VALIDITY_YES than of VALIDITY_NO.
+VALIDITY_JUDGE = (
+    "Problem: {problem}\nSolution: {solution}\nIs the reasoning in this solution valid? Answer YES or NO.\nAnswer:"
+)
+VALIDITY_YES, VALIDITY_NO = " YES", " NO"
+
 
 def _render(user_content: str, prompt_type: str, tokenizer: PreTrainedTokenizerBase | None) -> str:
     if prompt_type == "chat":
@@ -53,3 +74,19 @@ def guided_prompt(
     """The re-solve prompt: shows the expert solution and asks for a solution in the model's own words."""
     request = GUIDED_REQUEST.format(problem=problem, expert_solution=expert_solution)
     return _render(request, prompt_type, tokenizer)
+
+
+def rewrite_prompt(
+    problem: str, expert_solution: str, prompt_type: str, tokenizer: PreTrainedTokenizerBase | None = None
+) -> str:
+    """The rewrite prompt: shows an expert solution and asks for it in the model's own words, same final answer."""
+    request = REWRITE_REQUEST.format(problem=problem, expert_solution=expert_solution)
+    return _render(request, prompt_type, tokenizer)
+
+
+def alignment_scaffold(problem: str) -> str:
+    return ALIGNMENT_SCAFFOLD.format(problem=problem)
+
+
+def validity_judge_prompt(problem: str, solution: str) -> str:
+    return VALIDITY_JUDGE.format(problem=problem, solution=solution)

@@ -14,7 +14,9 @@ from datasets import Features, Sequence, Value
 
 from mindgap.errors import DataError
 
-SOURCES = ("self", "guided", "expert")
+# self and guided: sampled by pi_0 (DESIGN.md §1); expert: the expert solution itself; rewritten: the expert
+# solution rewritten by a model shown it as a reference (rewrite=sdft: pi_0; rewrite=rl_agent: pi_0 + LoRA).
+SOURCES = ("self", "guided", "expert", "rewritten")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Attempts:
 
     self_samples: int = 0
     guided_samples: int = 0
+    # Rewrites of the expert solution drawn (rewrite=sdft | rl_agent).
+    rewrite_samples: int = 0
 
 
 @dataclass
@@ -60,14 +64,14 @@ class Record:
     problem: str
     answer: str
     expert_solution: str
-    # self | guided | expert
+    # self | guided | expert | rewritten
     source: str
     response: str
     # The exact generated ids (eos included when generated); None for expert text.
     response_token_ids: list[int] | None
     # Log-probs of response_token_ids under the sampling distribution, aligned 1:1; None for expert text.
     behavior_logprobs: list[float] | None
-    # The full prompt the response was generated under (standard or guided).
+    # The full prompt the response was generated under (standard, guided or rewrite).
     behavior_prompt: str
     # log π₀ of each response token under behavior_prompt, from the Hugging Face model's own forward
     # (DESIGN.md §1); for expert text, of its tokenisation as trained (mindgap.data.collate). None before
@@ -111,7 +115,11 @@ FEATURES = Features(
             "max_tokens": Value("int32"),
             "seed": Value("int64"),
         },
-        "attempts": {"self_samples": Value("int32"), "guided_samples": Value("int32")},
+        "attempts": {
+            "self_samples": Value("int32"),
+            "guided_samples": Value("int32"),
+            "rewrite_samples": Value("int32"),
+        },
     }
 )
 
@@ -127,6 +135,8 @@ def validate_record(record: dict[str, Any]) -> None:
     token_ids, logprobs = record.get("response_token_ids"), record.get("behavior_logprobs")
     if record["source"] != "expert" and not token_ids:
         raise DataError(f"record {record_id}: a model-generated response needs response_token_ids")
+    if record["source"] == "rewritten" and not (record.get("expert_solution") or "").strip():
+        raise DataError(f"record {record_id}: a rewritten response needs the expert_solution it rewrites")
     if logprobs is not None:
         if token_ids is None or len(logprobs) != len(token_ids):
             raise DataError(

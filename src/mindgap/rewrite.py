@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from mindgap.app import run_app, run_cli, stage_tracker
 from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
 from mindgap.rewriting.run import DATASET_DIR, MANIFEST, StageResult, run_rewrite_stage
+from mindgap.tracking import Tracker
 
 register_configs()
 
@@ -74,6 +75,8 @@ def _track(config: MindgapConfig, output_dir: Path, result: StageResult) -> None
             "rewrite/token_savings": manifest["token_savings"],
         }
         tracker.log_metrics(metrics)
+        if manifest.get("rl_agent"):
+            _track_rl_agent(tracker, manifest["rl_agent"])
         tracker.log_table(
             "rewrite/samples",
             ["id", "source", "answer", "response"],
@@ -81,6 +84,20 @@ def _track(config: MindgapConfig, output_dir: Path, result: StageResult) -> None
         )
     finally:
         tracker.finish()
+
+
+def _track_rl_agent(tracker: Tracker, summary: dict) -> None:
+    """The GRPO training of the RL rewriter, step by step (loss, KL, each reward term), and its mean rewards."""
+    log = Path(summary["training_log"])
+    if log.exists():
+        for entry in json.loads(log.read_text())["log_history"]:
+            values = {
+                f"rewrite/rl_agent/{key}": value
+                for key, value in entry.items()
+                if key != "step" and isinstance(value, int | float)
+            }
+            tracker.log_metrics(values, step=entry["step"])
+    tracker.log_metrics({f"rewrite/rl_agent/mean/{term}": value for term, value in summary["reward_means"].items()})
 
 
 def _sample(rows: list[dict]) -> list[dict]:

@@ -9,13 +9,17 @@ Metric keys follow one scheme: ``train/``, ``val/``, ``is/<source>/...``, ``rewr
 from __future__ import annotations
 
 import csv
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from mindgap.config import LoggerConfig
+from mindgap.records import SOURCES
 
 
 def lightning_logger(
@@ -25,8 +29,12 @@ def lightning_logger(
     experiment_name: str,
     hyperparameters: dict[str, Any],
     job_type: str,
+    tags: Sequence[str] = (),
 ) -> Logger | None:
-    """A Lightning logger for ``config.backend``, with the resolved config recorded; None for ``none``."""
+    """A Lightning logger for ``config.backend``, with the resolved config recorded; None for ``none``.
+
+    W&B runs carry ``config.tags`` followed by ``tags`` (the stage's own, such as the loss).
+    """
     if config.backend == "none":
         return None
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -40,7 +48,7 @@ def lightning_logger(
             project=config.project,
             entity=config.entity,
             group=config.group or experiment_name,
-            tags=list(config.tags),
+            tags=[*config.tags, *tags],
             offline=config.mode == "offline",
             job_type=job_type,
             # Stages can nest (training's data module may run the rewriting stage): runs must coexist.
@@ -48,6 +56,23 @@ def lightning_logger(
         )
     logger.log_hyperparams(hyperparameters)
     return logger
+
+
+def log_weight_histograms(loggers: list[Logger], counts: torch.Tensor, edges: torch.Tensor, step: int) -> None:
+    """``is/<source>/log10_weight`` histograms (W&B only) from per-source bin counts [len(SOURCES), bins]."""
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb
+
+        histograms = {
+            f"is/{source}/log10_weight": wandb.Histogram(np_histogram=(row.tolist(), edges.tolist()))
+            for source, row in zip(SOURCES, counts.cpu(), strict=True)
+            if row.sum() > 0
+        }
+        if histograms:
+            # The key WandbLogger steps its own metrics by, so histograms line up with the scalars.
+            logger.experiment.log({**histograms, "trainer/global_step": step})
 
 
 class Tracker:
@@ -70,6 +95,15 @@ class Tracker:
                 writer = csv.writer(handle)
                 writer.writerow(columns)
                 writer.writerows(rows)
+
+    def log_summary(self, values: dict[str, Any]) -> None:
+        """Run-level results (the W&B run summary; ``summary.json`` beside the CSV metrics)."""
+        if isinstance(self.logger, WandbLogger):
+            self.logger.experiment.summary.update(values)
+        elif isinstance(self.logger, CSVLogger):
+            path = Path(self.logger.log_dir) / "summary.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(values, indent=2, default=str))
 
     def finish(self) -> None:
         if self.logger is None:

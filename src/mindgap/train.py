@@ -16,7 +16,8 @@ register_configs()
 
 def train(config: MindgapConfig, output_dir: Path) -> Path:
     """Train and return the exported model directory."""
-    tracker = stage_tracker(config, output_dir, "train")
+    tags = [f"loss:{config.train.loss.name}", f"rewrite:{config.rewrite.strategy}", f"data:{config.data.name}"]
+    tracker = stage_tracker(config, output_dir, "train", tags)
     try:
         return run_training(config, output_dir, tracker.logger)
     finally:

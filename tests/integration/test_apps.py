@@ -87,11 +87,11 @@ def test_eval_app_on_a_named_benchmark(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = run_app_subprocess(
         "eval",
-        "data=math500",
-        "data.limit=2",
-        "eval.sampling.max_tokens=8",
-        "eval.sampling.n=2",
-        "eval.sampling.temperature=1.0",
+        "benchmarks=[math500]",
+        "eval.limit=2",
+        "max_tokens=8",
+        "n_samples=2",
+        "temperature=1.0",
         f"output_dir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -115,3 +115,27 @@ def test_train_app_with_two_ddp_processes_reuses_the_rewritten_dataset(tmp_path:
     again = run_app_subprocess("train", *args, "train.max_steps=1")
     assert again.returncode == 0, again.stderr[-3000:]
     assert manifest.stat().st_mtime_ns == written
+
+
+def test_local_multirun_of_two_process_runs(tmp_path: Path) -> None:
+    # 2 x 2 sweep (loss x seed), each run on 2 spawned processes: ddp would re-run the sweep.
+    out = tmp_path / "sweep"
+    result = run_app_subprocess(
+        "train",
+        "-m",
+        "experiment=smoke",
+        "rewrite=none",
+        "data.limit=4",
+        "train.max_steps=1",
+        "strategy=ddp_spawn",
+        "train.strategy.accelerator=cpu",
+        "train.progress_bar=false",
+        "loss=sft,dft",
+        "seed=0,1",
+        f"output_dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("mindgap-train: outputs in") == 4
+    for job in range(4):
+        assert AutoModelForCausalLM.from_pretrained(out / str(job) / "model").config.model_type == "qwen2"
+    assert json.loads((out / "3" / "data_report.json").read_text())["trained"] == 4

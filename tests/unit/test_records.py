@@ -35,17 +35,19 @@ def test_round_trip_through_datasets() -> None:
     assert dataset[0]["response_token_ids"] == [5, 6, 7]
     assert dataset[0]["behavior_logprobs"] == pytest.approx([-0.1, -0.2, -0.3])
     assert dataset[1]["response_token_ids"] is None
-    assert dataset[1]["attempts"] == {"self_samples": 0, "guided_samples": 0}
+    assert dataset[1]["attempts"] == {"self_samples": 0, "guided_samples": 0, "rewrite_samples": 0}
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"source": "teacher"}, "source='teacher' is not one of self, guided, expert"),
+        ({"source": "teacher"}, "source='teacher' is not one of self, guided, expert, rewritten"),
         ({"response": " "}, "field 'response' is missing or empty"),
         ({"behavior_logprobs": [-0.1, -0.2]}, "behavior_logprobs has 2 values for 3 response tokens"),
         ({"behavior_logprobs": [-0.1, math.nan, -0.3]}, "non-finite"),
         ({"response_token_ids": None, "behavior_logprobs": None}, "needs response_token_ids"),
+        ({"source": "rewritten", "response_token_ids": None, "behavior_logprobs": None}, "needs response_token_ids"),
+        ({"source": "rewritten", "expert_solution": ""}, "needs the expert_solution it rewrites"),
     ],
 )
 def test_contract_violations_name_the_record(overrides: dict, message: str) -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mindgap.training.losses import source_ids, weight_rules, weighted_loss
-from mindgap.training.stats import FIELDS, WeightSums, finish, weight_sums
+from mindgap.records import SOURCES
+from mindgap.training.stats import FIELDS, HISTOGRAM_EDGES, WeightSums, finish, weight_histogram, weight_sums
 
 LN2 = math.log(2.0)
 INF, NAN = float("inf"), float("nan")
@@ -65,13 +66,15 @@ def test_hand_computed_statistics() -> None:
 
 def test_sums_layout_for_the_reduction() -> None:
     sums = weight_sums(*_hand_batch())
-    assert sums.sums.shape == (3, len(FIELDS)) and sums.sums.dtype == torch.float64
-    # Rows follow SOURCES = (self, guided, expert); columns follow FIELDS.
-    torch.testing.assert_close(
-        sums.sums,
-        torch.tensor([[3.0, 3.5, 5.25, 1.0, LN2], [0.0] * 5, [2.0, 2.0, 2.0, 0.0, 0.0]], dtype=torch.float64),
-    )
-    torch.testing.assert_close(sums.maxima, torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64))
+    assert sums.sums.shape == (len(SOURCES), len(FIELDS)) and sums.sums.dtype == torch.float64
+    # Rows follow SOURCES; columns follow FIELDS. Sources without tokens hold zeros.
+    expected = torch.zeros(len(SOURCES), len(FIELDS), dtype=torch.float64)
+    expected[SOURCES.index("self")] = torch.tensor([3.0, 3.5, 5.25, 1.0, LN2])
+    expected[SOURCES.index("expert")] = torch.tensor([2.0, 2.0, 2.0, 0.0, 0.0])
+    torch.testing.assert_close(sums.sums, expected)
+    expected_maxima = torch.zeros(len(SOURCES), dtype=torch.float64)
+    expected_maxima[SOURCES.index("self")], expected_maxima[SOURCES.index("expert")] = 2.0, 1.0
+    torch.testing.assert_close(sums.maxima, expected_maxima)
 
 
 def _random_batch(seed: int) -> tuple[torch.Tensor, ...]:
@@ -124,3 +127,17 @@ def test_empty_groups_and_zero_weights_never_nan() -> None:
     assert stats["is/guided/clipped_frac"] == 1.0
     assert stats["is/guided/log_ratio_mean"] == 3.0
     assert all(math.isfinite(value) for value in stats.values())
+
+
+def test_weight_histogram_counts_loss_tokens_per_source_and_bin() -> None:
+    # Bins are 0.2 wide in log10 w from -6: w=1 -> bin 30, w=0.5 (log10 -0.301) -> bin 28,
+    # w=0 and w=1e-9 -> first bin 0, w=1e3 (beyond 1e2) -> last bin 39.
+    weights = torch.tensor([[1.0, 0.5, 0.0, 7.0], [1e3, 1e-9, 1.0, 1.0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, False]])
+    expert, self_ = SOURCES.index("expert"), SOURCES.index("self")
+    counts = weight_histogram(weights, mask, torch.tensor([expert, self_]))
+    assert counts.shape == (len(SOURCES), len(HISTOGRAM_EDGES) - 1)
+    expected = torch.zeros_like(counts)
+    expected[expert, 30] = expected[expert, 28] = expected[expert, 0] = 1
+    expected[self_, 39] = expected[self_, 0] = expected[self_, 30] = 1
+    assert torch.equal(counts, expected)

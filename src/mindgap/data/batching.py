@@ -109,9 +109,15 @@ class StepBatchSampler:
         self.seed = seed
         self.group_by_length = group_by_length
         self.epoch = 0
+        # Micro-batches of the current epoch already trained on (a resumed run skips them once).
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, micro_batches_done: int) -> None:
+        self.epoch = epoch
+        self.skip = micro_batches_done
 
     def plan(self) -> EpochPlan:
         return plan_epoch(
@@ -125,9 +131,10 @@ class StepBatchSampler:
         )
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for step in self.plan().steps:
-            for batch in step[self.rank]:
-                yield [(index, batch.step_loss_tokens) for index in batch.indices]
+        micro_batches = [batch for step in self.plan().steps for batch in step[self.rank]]
+        skip, self.skip = self.skip, 0
+        for batch in micro_batches[skip:]:
+            yield [(index, batch.step_loss_tokens) for index in batch.indices]
 
     def __len__(self) -> int:
         examples = len(self.lengths)

@@ -25,6 +25,8 @@ class TokenizedExample:
     behavior_logprobs: list[float] | None = None
     # Loss tokens of the optimiser step the example is trained in (set by the step plan).
     step_loss_tokens: int = 0
+    # Tokens cut from the end to fit max_length.
+    truncated_tokens: int = 0
 
     @property
     def loss_tokens(self) -> int:
@@ -53,7 +55,8 @@ def tokenize_record(
     prompt = standard_prompt(record["problem"], prompt_type, tokenizer)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response = response_ids(record, tokenizer)
-    input_ids = (prompt_ids + response)[:max_length]
+    full_ids = prompt_ids + response
+    input_ids = full_ids[:max_length]
     prompt_length = min(len(prompt_ids), len(input_ids))
     behavior = record.get(behavior_field) if behavior_field else None
     if behavior is not None:
@@ -65,7 +68,14 @@ def tokenize_record(
         if not all(math.isfinite(value) for value in behavior):
             raise DataError(f"record {record['id']}: {behavior_field} holds a non-finite value")
         behavior = list(behavior[: len(input_ids) - prompt_length])
-    return TokenizedExample(record["id"], record["source"], input_ids, prompt_length, behavior)
+    return TokenizedExample(
+        record["id"],
+        record["source"],
+        input_ids,
+        prompt_length,
+        behavior,
+        truncated_tokens=len(full_ids) - len(input_ids),
+    )
 
 
 class Collator:

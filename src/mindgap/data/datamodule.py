@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from datasets import load_from_disk
 from lightning.pytorch import LightningDataModule
@@ -17,6 +20,7 @@ from mindgap.models import load_tokenizer, resolve_model_path
 from mindgap.rewriting.run import DATASET_DIR
 
 REWRITE_DIR = "rewrite"
+DATA_REPORT = "data_report.json"
 
 
 class RewrittenDataModule(LightningDataModule):
@@ -32,10 +36,13 @@ class RewrittenDataModule(LightningDataModule):
         # The stage writes to a directory every node sees; generating once is enough.
         self.prepare_data_per_node = False
         self.config = config
+        self.output_dir = output_dir
         self.rewrite_dir = output_dir / REWRITE_DIR
         given = config.train.dataset_path
         self.dataset_path = Path(given) if given is not None else self.rewrite_dir / DATASET_DIR
         self.examples: list[TokenizedExample] = []
+        # What setup trained on and left out (also written to <output_dir>/data_report.json).
+        self.report: dict[str, Any] = {}
 
     def prepare_data(self) -> None:
         if self.config.train.dataset_path is not None:
@@ -59,18 +66,48 @@ class RewrittenDataModule(LightningDataModule):
             behavior_field = {"rescored": "rescored_logprobs", "recorded": "behavior_logprobs"}[
                 train.loss.behavior_logprobs
             ]
-        self.examples = [
-            tokenize_record(row, tokenizer, self.config.prompt_type, train.max_length, behavior_field)
-            for row in dataset
-        ]
+        left_out: dict[str, list[str]] = {"empty_response": [], "overlong_dropped": [], "no_response_fits": []}
+        truncated: list[str] = []
+        for row in dataset:
+            example = tokenize_record(row, tokenizer, self.config.prompt_type, train.max_length, behavior_field)
+            if example.truncated_tokens and train.overlong == "drop":
+                left_out["overlong_dropped"].append(example.id)
+            elif example.loss_tokens == 0:
+                # A record with nothing to train on would give its optimiser step a zero denominator.
+                reason = "no_response_fits" if example.truncated_tokens else "empty_response"
+                left_out[reason].append(example.id)
+            else:
+                if example.truncated_tokens:
+                    truncated.append(example.id)
+                self.examples.append(example)
+        self.report = {
+            "dataset": str(self.dataset_path),
+            "records": len(dataset),
+            "trained": len(self.examples),
+            "truncated": {"count": len(truncated), "ids": truncated},
+            "left_out": {reason: {"count": len(ids), "ids": ids} for reason, ids in left_out.items()},
+            "max_length": train.max_length,
+            "overlong": train.overlong,
+        }
+        if self.trainer is None or self.trainer.is_global_zero:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / DATA_REPORT).write_text(json.dumps(self.report, indent=2) + "\n")
         if not self.examples:
-            raise DataError(f"dataset {self.dataset_path} has no records to train on")
+            raise DataError(f"dataset {self.dataset_path}: no record has a response token to train on ({DATA_REPORT})")
         self.collator = Collator(tokenizer.pad_token_id)
 
+    def optimizer_steps_per_epoch(self) -> int:
+        return len(self._sampler()) // self.config.train.accumulate_grad_batches
+
     def train_dataloader(self) -> DataLoader:
+        return ResumableLoader(
+            _PlannedExamples(self.examples), self._sampler(), self.collator, micro_batches_done=self._micro_batches_done
+        )
+
+    def _sampler(self) -> StepBatchSampler:
         train = self.config.train
         trainer = self.trainer
-        sampler = StepBatchSampler(
+        return StepBatchSampler(
             lengths=[len(example.input_ids) for example in self.examples],
             loss_tokens=[example.loss_tokens for example in self.examples],
             micro_batch_size=train.micro_batch_size,
@@ -80,7 +117,34 @@ class RewrittenDataModule(LightningDataModule):
             seed=self.config.seed,
             group_by_length=True,
         )
-        return DataLoader(_PlannedExamples(self.examples), batch_sampler=sampler, collate_fn=self.collator)
+
+    def _micro_batches_done(self) -> int:
+        # Checkpoints are written after a micro-batch is processed; the resumed loader starts after it.
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a step plan whose state is the fit loop's position in the epoch.
+
+    Lightning saves ``state_dict`` in checkpoints and hands it back on resume, so a run resumed
+    mid-epoch continues with the micro-batch after the checkpoint, as the uninterrupted run did.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_sampler: StepBatchSampler,
+        collate_fn: Callable[[list[TokenizedExample]], dict[str, Any]],
+        micro_batches_done: Callable[[], int],
+    ):
+        super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn)
+        self.micro_batches_done = micro_batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "micro_batches_done": self.micro_batches_done()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume(state["epoch"], state["micro_batches_done"])
 
 
 class _PlannedExamples(Dataset):

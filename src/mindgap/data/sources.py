@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mindgap.config import CONFIG_DIR, DataConfig, to_typed
+from mindgap.config import CONFIG_DIR, DataConfig, default_cache_dir, to_typed
 from mindgap.errors import ConfigError, DataError
 from mindgap.records import Problem
 from mindgap.verify import last_boxed
@@ -49,13 +49,24 @@ def resolve_path(data: DataConfig, data_root: str) -> Path:
     return path if path.is_absolute() else Path(data_root) / path
 
 
-def _raw_rows(data: DataConfig, data_root: str) -> Iterator[dict[str, Any]]:
+def _toy_file(data: DataConfig, cache_dir: str | None) -> Path:
+    """The toy split's jsonl file, generated on first use under ``data.path`` (relative: under cache_dir)."""
+    from mindgap.toy.world import materialise_split
+
+    assert data.toy is not None
+    directory = Path(data.path).expanduser()
+    if not directory.is_absolute():
+        directory = Path(cache_dir or default_cache_dir()).expanduser() / directory
+    return materialise_split(data.toy, data.split, directory)
+
+
+def _raw_rows(data: DataConfig, data_root: str, cache_dir: str | None) -> Iterator[dict[str, Any]]:
     if data.format == "hub":
         from datasets import load_dataset
 
         yield from load_dataset(data.path, data.subset, split=data.split)
         return
-    path = resolve_path(data, data_root)
+    path = _toy_file(data, cache_dir) if data.format == "toy" else resolve_path(data, data_root)
     if not path.is_file():
         raise DataError(
             f"data '{data.name}': file not found: {path} (set data_root=DIR or MINDGAP_DATA_ROOT, or data.path=FILE)"
@@ -131,11 +142,16 @@ def _to_problem(row: dict[str, Any], index: int, data: DataConfig) -> Problem:
     return Problem(id=record_id, problem=problem, answer=answer, expert_solution=expert_solution, dataset=data.name)
 
 
-def load_problems(data: DataConfig, data_root: str, strict: bool = True) -> LoadedProblems:
-    """The first ``data.limit`` problems; bad records raise, or are skipped and listed when not strict."""
+def load_problems(
+    data: DataConfig, data_root: str, strict: bool = True, cache_dir: str | None = None
+) -> LoadedProblems:
+    """The first ``data.limit`` problems; bad records raise, or are skipped and listed when not strict.
+
+    ``cache_dir`` is where generated sources (format=toy) are written; None: the default cache dir.
+    """
     loaded = LoadedProblems(problems=[])
     seen: set[str] = set()
-    for index, row in enumerate(_raw_rows(data, data_root)):
+    for index, row in enumerate(_raw_rows(data, data_root, cache_dir)):
         if data.limit is not None and index >= data.limit:
             break
         try:

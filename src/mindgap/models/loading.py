@@ -16,10 +16,14 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_model_path(model: ModelConfig, cache_dir: str, data_root: str) -> str:
-    """A local directory or hub id for ``model``; builds the tiny model on first use."""
+    """A local directory or hub id for ``model``; builds the tiny or the toy model on first use."""
     if model.name_or_path is not None:
         local = Path(model.name_or_path).expanduser()
         return str(local) if local.exists() else model.name_or_path
+    if model.toy is not None:
+        from mindgap.toy.pretraining import build_toy_model
+
+        return str(build_toy_model(model.toy, cache_dir))
     from mindgap.models.tiny import build_tiny_model
 
     assert model.tiny is not None

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,9 +58,19 @@ def tiny_model_dir(spec: TinyModelConfig, cache_dir: str, texts: list[str]) -> P
     return Path(cache_dir).expanduser() / "models" / f"tiny-{digest.hexdigest()[:16]}"
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int, split_digits: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``, with the special tokens and the chat template.
+
+    ``split_digits`` makes every digit its own token (as Qwen2's tokenizer does), so that a model
+    learns arithmetic on digits rather than on whichever numbers the corpus made frequent.
+    """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -75,46 +86,83 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFa
     return wrapped
 
 
-def _build(spec: TinyModelConfig, texts: list[str], target: Path) -> None:
-    tokenizer = _train_tokenizer(texts, spec.vocab_size)
+def new_qwen2_model(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    num_key_value_heads: int,
+    max_position_embeddings: int,
+    seed: int,
+) -> Qwen2ForCausalLM:
+    """A freshly initialised Qwen2-architecture LM for ``tokenizer`` (tied embeddings; stops at <|im_end|>)."""
     eos_id, pad_id = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
     config = Qwen2Config(
         vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[eos_id, pad_id], pad_token_id=pad_id)
+    return model
+
+
+def is_built(target: Path) -> bool:
+    return (target / _COMPLETE_MARKER).exists()
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, made by ``build(staging_dir)`` unless already complete; safe under concurrent builds.
+
+    The directory appears complete or not at all: it is built under a temporary name beside
+    ``target``, marked complete, then renamed into place.
+    """
+    if is_built(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(staging)
+        (staging / _COMPLETE_MARKER).touch()
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not is_built(target):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _build(spec: TinyModelConfig, texts: list[str], target: Path) -> None:
+    tokenizer = train_tokenizer(texts, spec.vocab_size)
+    model = new_qwen2_model(
+        tokenizer,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
         num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_key_value_heads,
         max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
+        seed=spec.seed,
     )
-    torch.manual_seed(spec.seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=[eos_id, pad_id], pad_token_id=pad_id)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     (target / "recipe.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
-    (target / _COMPLETE_MARKER).touch()
 
 
 def build_tiny_model(spec: TinyModelConfig, cache_dir: str, data_root: str) -> Path:
     """The directory of the tiny model for ``spec``, built on first use (safe under concurrent builds)."""
     texts = corpus_texts(spec, data_root)
-    target = tiny_model_dir(spec, cache_dir, texts)
-    if (target / _COMPLETE_MARKER).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        _build(spec, texts, staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / _COMPLETE_MARKER).exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(tiny_model_dir(spec, cache_dir, texts), lambda staging: _build(spec, texts, staging))

@@ -1,1 +1,1 @@
-"""The rewriting stage: self-alignment, guided re-solve and expert fallback (DESIGN.md §1)."""
+"""The rewriting stage (DESIGN.md §1): self-alignment, guided re-solve and expert fallback; SDFT; the RL rewriter."""

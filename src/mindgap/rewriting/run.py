@@ -31,8 +31,10 @@ from mindgap.fingerprints import config_fingerprint, problems_fingerprint
 from mindgap.generation import Generator, make_generator
 from mindgap.models import load_tokenizer, model_fingerprint, resolve_model_path
 from mindgap.records import FEATURES, Problem, Record
+from mindgap.rewriting import rl_agent
 from mindgap.rewriting.rescore import Rescorer
-from mindgap.rewriting.stages import STAGES_OF, Rewriter, StageStats
+from mindgap.rewriting.stages import BatchVerifier, StageStats
+from mindgap.rewriting.strategies import REFERENCE_REWRITE_STRATEGIES, make_rewriter, uses_generator
 from mindgap.verify import Verifier, gold_problem
 
 DATASET_DIR = "dataset"
@@ -43,6 +45,9 @@ RESCORED = "rescored"
 CHUNK_FORMAT = 1
 # Keys that decide which job computes a chunk, not what the chunk holds.
 SCHEDULING_KEYS = ("num_shards", "shard_index", "merge_only", "work_dir", "strict")
+# Rewrite settings read by one strategy only (key -> strategy): fingerprinted only under that strategy, so that
+# adding or changing them leaves the other strategies' finished datasets valid.
+STRATEGY_SETTINGS = {"sdft": "sdft", "rl_agent": "rl_agent"}
 
 
 @dataclass
@@ -77,7 +82,12 @@ def _usable_problems(problems: list[Problem], strict: bool, skipped: list[Skippe
 
 def stage_fingerprint(config: MindgapConfig, problems: list[Problem], model_path: str) -> str:
     """Identifies what the stage computes: the same fingerprint means the same dataset."""
-    rewrite = {k: v for k, v in dataclasses.asdict(config.rewrite).items() if k not in SCHEDULING_KEYS}
+    unread = {key for key, strategy in STRATEGY_SETTINGS.items() if strategy != config.rewrite.strategy}
+    rewrite = {
+        key: value
+        for key, value in dataclasses.asdict(config.rewrite).items()
+        if key not in SCHEDULING_KEYS and key not in unread
+    }
     inputs = {
         "chunk_format": CHUNK_FORMAT,
         "model": dataclasses.asdict(config.model),
@@ -105,24 +115,17 @@ def _chunk_file(work: Path, phase: str, index: int) -> Path:
 class _Progress:
     """A progress bar over problems with the running composition of the kept sources."""
 
-    def __init__(self, total: int, done: int, description: str):
+    def __init__(self, total: int, done: int, description: str, sources: tuple[str, ...]):
         self.bar = tqdm(total=total, initial=done, desc=description, unit="problem", dynamic_ncols=True)
-        self.sources: dict[str, int] = {"self": 0, "guided": 0, "expert": 0}
+        self.sources: dict[str, int] = dict.fromkeys(sources, 0)
         self.problems = 0
 
-    def update(self, problems: int, solved_by_model: dict[str, set[str]]) -> None:
-        for source, ids in solved_by_model.items():
+    def update(self, problems: int, problems_per_source: dict[str, set[str]]) -> None:
+        for source, ids in problems_per_source.items():
             self.sources[source] = self.sources.get(source, 0) + len(ids)
         self.problems += problems
-        solved = self.sources["self"] + self.sources["guided"]
-        self.bar.set_postfix(
-            {
-                "self": self.sources["self"],
-                "guided": self.sources["guided"],
-                "expert": self.sources["expert"],
-                "acceptance": f"{solved / max(1, self.problems):.0%}",
-            }
-        )
+        by_model = sum(count for source, count in self.sources.items() if source != "expert")
+        self.bar.set_postfix({**self.sources, "acceptance": f"{by_model / max(1, self.problems):.0%}"})
         self.bar.update(problems)
 
     def close(self) -> None:
@@ -186,15 +189,24 @@ class RewriteStage:
         pending = self._pending(GENERATED)
         if not pending:
             return 0
-        needs_model = bool(STAGES_OF[self.config.rewrite.strategy])
+        strategy = self.config.rewrite.strategy
         generator: Generator | None = None
-        if needs_model:
-            generator = make_generator(self.config.generator, self.model_path, self.config.model.dtype)
-        total = sum(len(self.chunks[i]) for i in self.mine)
-        progress = _Progress(total, total - sum(len(self.chunks[i]) for i in pending), "rewrite")
+        progress: _Progress | None = None
         try:
             with Verifier(self.config.verifier.workers, self.config.verifier.timeout_s) as verifier:
-                rewriter = Rewriter(
+                if uses_generator(strategy):
+                    generator = make_generator(
+                        self.config.generator, self._generation_model_path(verifier), self.config.model.dtype
+                    )
+                total = sum(len(self.chunks[i]) for i in self.mine)
+                done = total - sum(len(self.chunks[i]) for i in pending)
+                sources = (
+                    ("rewritten", "expert")
+                    if strategy in REFERENCE_REWRITE_STRATEGIES
+                    else ("self", "guided", "expert")
+                )
+                progress = _Progress(total, done, "rewrite", sources)
+                rewriter = make_rewriter(
                     self.config.rewrite,
                     generator,
                     verifier,
@@ -217,10 +229,17 @@ class RewriteStage:
                     _write_json_atomically(_chunk_file(self.work, GENERATED, index), payload)
                     progress.update(len(self.chunks[index]), _problems_per_source(outcome.records))
         finally:
-            progress.close()
+            if progress is not None:
+                progress.close()
             if generator is not None:
                 generator.close()
         return len(pending)
+
+    def _generation_model_path(self, verifier: BatchVerifier) -> str:
+        """The weights the strategy samples from: the backbone, or for rl_agent the trained rewriter (merged)."""
+        if self.config.rewrite.strategy != "rl_agent":
+            return self.model_path
+        return str(rl_agent.trained_rewriter(self.config, self.problems, self.model_path, verifier, self.work))
 
     def _chunk_seed(self, index: int) -> int:
         return self.config.seed * 1_000_003 + index
@@ -273,7 +292,8 @@ class RewriteStage:
         for index, payload in enumerate(self._chunk_payloads()):
             if payload["problem_ids"] != [problem.id for problem in self.chunks[index]]:
                 raise MindgapError(f"rewrite: chunk {index} in {self.work} holds other problems; delete that dir")
-            rows.extend(payload["records"])
+            # Through Record, so that chunks written before a field was added get its default.
+            rows.extend(Record.from_dict(row).to_dict() for row in payload["records"])
             for name, values in payload["stages"].items():
                 stages.setdefault(name, StageStats()).add(StageStats(**values))
             dropped.update(payload["dropped"])
@@ -309,6 +329,8 @@ class RewriteStage:
             "data": {"name": self.config.data.name, "fingerprint": problems_fingerprint(self.problems)},
             "config": dataclasses.asdict(self.config),
         }
+        if self.config.rewrite.strategy == "rl_agent":
+            manifest["rl_agent"] = rl_agent.training_summary(self.work)
         # The dataset is staged privately and renamed into place; the manifest comes last and marks it done.
         staging = self.work / f".merge-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

@@ -221,16 +221,23 @@ class Rewriter:
         )
 
     def _expert_record(self, problem: Problem, attempts: Attempts) -> Record:
-        assert problem.expert_solution is not None
-        return Record(
-            id=problem.id,
-            problem=problem.problem,
-            answer=problem.answer,
-            expert_solution=problem.expert_solution,
-            source="expert",
-            response=normalize_expert_solution(problem.expert_solution, problem.answer),
-            response_token_ids=None,
-            behavior_logprobs=None,
-            behavior_prompt=self._prompt("self", problem),
-            attempts=attempts,
-        )
+        return expert_record(problem, attempts, self.prompt_type, self.tokenizer)
+
+
+def expert_record(
+    problem: Problem, attempts: Attempts, prompt_type: str, tokenizer: PreTrainedTokenizerBase | None
+) -> Record:
+    """The fallback record: the expert solution normalised to the answer format, under the standard prompt."""
+    assert problem.expert_solution is not None
+    return Record(
+        id=problem.id,
+        problem=problem.problem,
+        answer=problem.answer,
+        expert_solution=problem.expert_solution,
+        source="expert",
+        response=normalize_expert_solution(problem.expert_solution, problem.answer),
+        response_token_ids=None,
+        behavior_logprobs=None,
+        behavior_prompt=standard_prompt(problem.problem, prompt_type, tokenizer),
+        attempts=attempts,
+    )

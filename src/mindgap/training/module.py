@@ -8,12 +8,18 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from mindgap.config import LossConfig, OptimConfig
+from mindgap.config import TrainConfig
 from mindgap.errors import DataError
 from mindgap.models import load_causal_lm
-from mindgap.training.losses import WeightRule, source_ids, token_logprobs, weight_rules, weighted_loss
-from mindgap.training.stats import WeightSums, finish, weight_sums
+from mindgap.records import SOURCES
+from mindgap.tracking import log_weight_histograms
+from mindgap.training.logits import label_logprobs
+from mindgap.training.losses import WeightRule, source_ids, weight_rules, weighted_loss
+from mindgap.training.stats import HISTOGRAM_EDGES, WeightSums, finish, weight_histogram, weight_sums
+from mindgap.training.strategy import shard_model
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> float:
@@ -26,34 +32,56 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio
 
 
 class FineTuningModule(LightningModule):
-    def __init__(self, model_path: str, dtype: str, optim: OptimConfig, loss: LossConfig, export_dir: Path):
+    def __init__(self, model_path: str, dtype: str, train: TrainConfig, export_dir: Path):
         super().__init__()
         self.model_path = model_path
         self.model_dtype = dtype
-        self.optim = optim
-        self.loss = loss
+        self.train_config = train
         self.export_dir = export_dir
         self.model: torch.nn.Module | None = None
-        # Loss and importance-weight sums of the optimiser step in progress, over its micro-batches on this rank.
+        # Sums over the optimiser step in progress (its micro-batches on this rank): loss, importance
+        # weights, weight histogram, and real vs processed (padded) tokens.
         self.step_loss = torch.zeros(())
         self.step_weights = WeightSums.zeros()
+        self.step_histogram = torch.zeros(())
+        self.step_tokens = torch.zeros(2)
 
     def configure_model(self) -> None:
         self._reset_step()
-        if self.model is None:
-            # from_pretrained returns the model in eval mode; dropout and friends must train.
-            self.model = load_causal_lm(self.model_path, dtype=self.model_dtype).train()
+        if self.model is not None:
+            return
+        # from_pretrained returns the model in eval mode; dropout and friends must train.
+        self.model = load_causal_lm(self.model_path, dtype=self.model_dtype).train()
+        strategy = self.train_config.strategy
+        if strategy.activation_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if isinstance(self.trainer.strategy, ModelParallelStrategy):
+            shard_model(self.model, self.device_mesh["data_parallel"], strategy)
 
     def _reset_step(self) -> None:
-        self.step_loss = torch.zeros((), device=self.device)
+        self.step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self.step_weights = WeightSums.zeros(self.device)
+        self.step_histogram = torch.zeros(
+            len(SOURCES), len(HISTOGRAM_EDGES) - 1, dtype=torch.float64, device=self.device
+        )
+        self.step_tokens = torch.zeros(2, dtype=torch.float64, device=self.device)
+
+    def _histogram_step(self) -> bool:
+        every = self.train_config.histogram_every_n_steps
+        return every is not None and self.train_config.loss.name != "sft" and (self.global_step + 1) % every == 0
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         assert self.model is not None
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logprobs, mask = token_logprobs(logits, batch["labels"])
+        loss = self.train_config.loss
+        logprobs, mask = label_logprobs(
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            self.train_config.logits_chunk_size,
+        )
         sources = source_ids(batch["sources"], device=logprobs.device)
-        rules = weight_rules(self.loss.name, sources, self.loss.expert_behavior)
+        rules = weight_rules(loss.name, sources, loss.expert_behavior)
         missing = (rules == WeightRule.MODEL) & ~batch["has_behavior"]
         if missing.any():
             ids = [record_id for record_id, lacks in zip(batch["ids"], missing.tolist(), strict=True) if lacks]
@@ -65,10 +93,10 @@ class FineTuningModule(LightningModule):
             rules,
             batch["behavior_logprobs"][:, 1:],
             num_step_tokens=batch["step_loss_tokens"],
-            clip_max=self.loss.clip.max,
-            clip_min=self.loss.clip.min,
-            clip_mode=self.loss.clip.mode,
-            level=self.loss.level,
+            clip_max=loss.clip.max,
+            clip_min=loss.clip.min,
+            clip_mode=loss.clip.mode,
+            level=loss.level,
         )
         if not torch.isfinite(result.loss):
             raise DataError(f"non-finite loss {result.loss.item()} on the batch of records {batch['ids']}")
@@ -76,34 +104,75 @@ class FineTuningModule(LightningModule):
         self.step_weights = self.step_weights.merge(
             weight_sums(result.weights, result.log_ratio, result.clipped, mask, sources)
         )
+        if self._histogram_step():
+            self.step_histogram += weight_histogram(result.weights, mask, sources)
+        self.step_tokens += torch.tensor(
+            [batch["attention_mask"].sum().item(), batch["attention_mask"].numel()], dtype=torch.float64
+        ).to(self.device)
         # Lightning divides by the accumulation and DDP/FSDP average gradients over ranks: undo both,
         # so the step's gradient is that of the per-token mean over all its micro-batches and ranks.
         return result.loss * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        step_loss = self.trainer.strategy.reduce(self.step_loss, reduce_op="sum")
-        sums, maxima = self.step_weights.sums, self.step_weights.maxima
+        summed = torch.cat([self.step_loss[None], self.step_tokens, self.step_weights.sums.flatten()])
+        maxima = self.step_weights.maxima
+        histogram = self.step_histogram
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
+            torch.distributed.all_reduce(summed, op=torch.distributed.ReduceOp.SUM)
             torch.distributed.all_reduce(maxima, op=torch.distributed.ReduceOp.MAX)
-        metrics = {"train/loss": step_loss.item()} | finish(WeightSums(sums, maxima))
+            if self._histogram_step():
+                torch.distributed.all_reduce(histogram, op=torch.distributed.ReduceOp.SUM)
+        step_loss, real_tokens, processed_tokens = summed[:3].tolist()
+        sums = WeightSums(summed[3:].view_as(self.step_weights.sums), maxima)
+        metrics = {
+            "train/loss": step_loss,
+            "train/padding_efficiency": real_tokens / processed_tokens,
+            "train/lr": optimizer.param_groups[0]["lr"],
+        } | finish(sums)
         self.log_dict(metrics, prog_bar=False, rank_zero_only=True)
+        if self._histogram_step() and self.trainer.is_global_zero:
+            log_weight_histograms(self.loggers, histogram, HISTOGRAM_EDGES, self.global_step)
         self._reset_step()
 
     def on_train_end(self) -> None:
-        # Runs in the training processes (also spawned ones, where the weights live).
+        # Runs in the training processes (also spawned ones, where the weights live). Every rank takes
+        # part in gathering sharded weights; rank zero writes them.
+        assert self.model is not None
+        full_state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.trainer.is_global_zero:
-            assert self.model is not None
-            self.model.save_pretrained(self.export_dir)
+            self.model.save_pretrained(self.export_dir, state_dict=full_state)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if gradient_clip_val is None:
+            return
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            # Lightning's FSDP1 plugin refuses norm clipping: the norm must come from the root
+            # FSDP module, which reduces it over every rank's shards.
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _total_steps(self) -> int:
+        # Not ``trainer.estimated_stepping_batches``: it builds the train loader before a checkpoint is
+        # restored, and Lightning then never hands that loader its saved position.
+        trainer = self.trainer
+        total = trainer.datamodule.optimizer_steps_per_epoch() * trainer.max_epochs
+        return total if trainer.max_steps == -1 else min(total, trainer.max_steps)
 
     def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.train_config.optim
         parameters = [p for p in self.trainer.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            parameters, lr=self.optim.lr, betas=tuple(self.optim.betas), weight_decay=self.optim.weight_decay
+            parameters, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
         )
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        total_steps = self._total_steps()
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: warmup_cosine(step, total_steps, self.optim.warmup_ratio, self.optim.min_lr_ratio),
+            lambda step: warmup_cosine(step, total_steps, optim.warmup_ratio, optim.min_lr_ratio),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

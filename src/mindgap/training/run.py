@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import Logger
 
 from mindgap.config import MindgapConfig
 from mindgap.data.datamodule import RewrittenDataModule
+from mindgap.errors import ConfigError
 from mindgap.models import load_tokenizer, resolve_model_path
 from mindgap.training.module import FineTuningModule
+from mindgap.training.strategy import build_strategy
 
 EXPORT_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"step-(\d+)(\.ckpt)?$")
 
 
 def run_training(
@@ -24,12 +30,30 @@ def run_training(
     model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
     datamodule = RewrittenDataModule(config, output_dir)
     export_dir = output_dir / EXPORT_DIR
-    module = FineTuningModule(model_path, config.model.dtype, train.optim, train.loss, export_dir)
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    module = FineTuningModule(model_path, config.model.dtype, train, export_dir)
+    callbacks = list(callbacks or [])
+    if train.checkpoint.every_n_steps is not None:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                filename="step-{step:06d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=train.checkpoint.every_n_steps,
+                # Ranked by step, so ``keep`` keeps the most recent ones.
+                monitor="step",
+                mode="max",
+                save_top_k=train.checkpoint.keep if train.checkpoint.keep is not None else -1,
+                save_on_train_epoch_end=False,
+            )
+        )
+    if train.progress_bar:
+        callbacks.append(RichProgressBar())
     trainer = Trainer(
         accelerator=train.strategy.accelerator,
         devices=train.strategy.devices,
         num_nodes=train.strategy.num_nodes,
-        strategy="auto" if train.strategy.name == "single" else train.strategy.name,
+        strategy=build_strategy(train.strategy, model_path),
         precision=train.strategy.precision,
         max_steps=train.max_steps or -1,
         max_epochs=train.max_epochs,
@@ -39,12 +63,29 @@ def run_training(
         log_every_n_steps=train.log_every_n_steps,
         default_root_dir=str(output_dir),
         callbacks=callbacks,
-        enable_checkpointing=False,
+        enable_checkpointing=train.checkpoint.every_n_steps is not None,
+        enable_progress_bar=train.progress_bar,
         # The data module's step plan already gives each rank its own micro-batches.
         use_distributed_sampler=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(train.checkpoint.resume, checkpoint_dir))
     if trainer.is_global_zero:
         load_tokenizer(model_path).save_pretrained(export_dir)
     return export_dir
+
+
+def resume_path(resume: str | None, checkpoint_dir: Path) -> str | None:
+    """The checkpoint ``train.checkpoint.resume`` names: ``last`` is the newest in this run's directory."""
+    if resume is None:
+        return None
+    if resume != "last":
+        if not Path(resume).exists():
+            raise ConfigError(f"train.checkpoint.resume={resume}: no such checkpoint")
+        return resume
+    steps = {
+        int(match.group(1)): path
+        for path in (checkpoint_dir.iterdir() if checkpoint_dir.is_dir() else [])
+        if (match := CHECKPOINT_NAME.match(path.name))
+    }
+    return str(steps[max(steps)]) if steps else None

@@ -123,3 +123,20 @@ def finish(sums: WeightSums, prefix: str = "is") -> dict[str, float]:
     if total[0] > 0:
         out.update(_finish_group(f"{prefix}/all", total, max(maxima)))
     return out
+
+
+# Fixed bins of log10 w, the same on every rank and step, so histograms reduce by summing counts.
+# Weights outside [1e-6, 1e2] (0 included, from masking) fall into the first or last bin.
+HISTOGRAM_EDGES = torch.linspace(-6.0, 2.0, 41, dtype=DTYPE)
+
+
+def weight_histogram(weights: torch.Tensor, mask: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """Counts of loss tokens per (source, log10-weight bin): float64 [len(SOURCES), len(HISTOGRAM_EDGES) - 1]."""
+    mask = mask.bool()
+    log_weights = weights.detach().to(DTYPE)[mask].clamp_min(1e-30).log10()
+    edges = HISTOGRAM_EDGES.to(log_weights.device)
+    bins = (torch.bucketize(log_weights, edges, right=True) - 1).clamp(0, len(edges) - 2)
+    token_sources = torch.as_tensor(sources, dtype=torch.long, device=mask.device)[:, None].expand_as(mask)[mask]
+    counts = torch.zeros(len(SOURCES) * (len(edges) - 1), dtype=DTYPE, device=mask.device)
+    counts.index_add_(0, token_sources * (len(edges) - 1) + bins, torch.ones_like(log_weights))
+    return counts.view(len(SOURCES), len(edges) - 1)

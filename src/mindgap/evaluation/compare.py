@@ -1,0 +1,299 @@
+"""The side-by-side table of evaluated variants, with bootstrap intervals and paired differences to a baseline.
+
+Works from results directories written by mindgap-eval (``results.json`` and each benchmark's
+``problems.jsonl``), so runs made at different times or on different machines compare as long as they
+share benchmarks and problems. Every metric is a mean of per-problem scores (mindgap.evaluation.metrics):
+a variant's interval resamples each benchmark's problems, and its difference to the baseline uses the
+same resamples for both, which pairs them problem by problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mindgap.config import BootstrapConfig, require_label
+from mindgap.errors import ConfigError, DataError
+from mindgap.evaluation.metrics import Estimate, ProblemOutcome, estimate, paired_difference, problem_scores
+
+RESULTS = "results.json"
+PROBLEMS = "problems.jsonl"
+COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.json")
+CSV_COLUMNS = [
+    "variant",
+    "metric",
+    "benchmark",
+    "problems",
+    "value",
+    "ci_low",
+    "ci_high",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+]
+
+
+def write_outcomes(path: Path, outcomes: Sequence[ProblemOutcome]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(json.dumps(asdict(outcome)) + "\n" for outcome in outcomes))
+    temporary.replace(path)
+
+
+def read_outcomes(path: Path) -> list[ProblemOutcome]:
+    with path.open() as handle:
+        return [ProblemOutcome(**json.loads(line)) for line in handle if line.strip()]
+
+
+def format_percent(value: float, interval: Sequence[float]) -> str:
+    return f"{100 * value:.2f} [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
+
+
+def format_delta(delta: Estimate) -> str:
+    return f"{100 * delta.value:+.2f} [{100 * delta.low:+.2f}, {100 * delta.high:+.2f}]"
+
+
+@dataclass
+class Variant:
+    """One evaluated model: its results.json and per-problem outcomes per benchmark."""
+
+    label: str
+    results_dir: Path
+    results: dict[str, Any]
+    outcomes: dict[str, list[ProblemOutcome]]
+
+
+def load_variant(results_dir: Path | str, label: str | None = None) -> Variant:
+    """Read a results directory; ``label`` defaults to the one its results.json records."""
+    results_dir = Path(results_dir)
+    results_file = results_dir / RESULTS
+    if not results_file.is_file():
+        raise DataError(f"{results_dir}: no {RESULTS} (not a results directory of mindgap-eval)")
+    results = json.loads(results_file.read_text())
+    outcomes = {}
+    for benchmark in results["benchmarks"]:
+        problems_file = results_dir / benchmark / PROBLEMS
+        if not problems_file.is_file():
+            raise DataError(f"{results_dir}: {benchmark}/{PROBLEMS} is missing")
+        outcomes[benchmark] = read_outcomes(problems_file)
+    return Variant(label or results["label"], results_dir, results, outcomes)
+
+
+@dataclass
+class Comparison:
+    """Values and differences of every variant, metric and benchmark (and their mean, key ``mean``)."""
+
+    variants: list[str]
+    baseline: str
+    benchmarks: list[str]
+    # Problems per benchmark (the same for every variant).
+    problems: dict[str, int]
+    metrics: list[str]
+    # metric -> variant -> benchmark or "mean" -> estimate
+    values: dict[str, dict[str, dict[str, Estimate]]]
+    # metric -> variant (all but the baseline) -> benchmark or "mean" -> variant - baseline
+    deltas: dict[str, dict[str, dict[str, Estimate]]]
+    bootstrap: BootstrapConfig
+    # What was left out or differs between the variants' protocols.
+    notes: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (variant, metric, benchmark or mean), fractions in [0, 1]."""
+        rows = []
+        for metric in self.metrics:
+            for variant in self.variants:
+                for benchmark in [*self.benchmarks, "mean"]:
+                    value = self.values[metric][variant][benchmark]
+                    delta = self.deltas[metric].get(variant, {}).get(benchmark)
+                    rows.append(
+                        {
+                            "variant": variant,
+                            "metric": metric,
+                            "benchmark": benchmark,
+                            "problems": self.problems[benchmark]
+                            if benchmark != "mean"
+                            else sum(self.problems.values()),
+                            "value": value.value,
+                            "ci_low": value.low,
+                            "ci_high": value.high,
+                            "delta": None if delta is None else delta.value,
+                            "delta_ci_low": None if delta is None else delta.low,
+                            "delta_ci_high": None if delta is None else delta.high,
+                        }
+                    )
+        return rows
+
+    def table_rows(self) -> tuple[list[str], list[list[Any]]]:
+        """Columns and rows for a W&B (or CSV) table."""
+        return list(CSV_COLUMNS), [[row[column] for column in CSV_COLUMNS] for row in self.rows()]
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows())
+        return buffer.getvalue()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "variants": self.variants,
+            "baseline": self.baseline,
+            "benchmarks": self.benchmarks,
+            "problems": self.problems,
+            "metrics": self.metrics,
+            "bootstrap": asdict(self.bootstrap),
+            "notes": self.notes,
+            "rows": self.rows(),
+        }
+
+    def markdown(self) -> str:
+        confidence = round(self.bootstrap.confidence * 100)
+        columns = [*self.benchmarks, "mean"]
+        header_cells = [f"{name} ({self.problems[name]})" for name in self.benchmarks] + ["mean"]
+        lines = [
+            f"# Comparison: {', '.join(self.variants)}",
+            "",
+            f"Percent, with [{confidence}% bootstrap interval over problems] ({self.bootstrap.replicates} resamples"
+            f" per benchmark). mean: unweighted mean over the benchmarks. Δ: difference to the baseline"
+            f" **{self.baseline}** on the same problems, with a paired bootstrap interval.",
+        ]
+        lines += [f"- note: {note}" for note in self.notes]
+        for metric in self.metrics:
+            lines += [
+                "",
+                f"## {metric}",
+                "",
+                "| variant | " + " | ".join(header_cells) + f" | Δ mean vs {self.baseline} |",
+                "|---|" + "---:|" * (len(columns) + 1),
+            ]
+            for variant in self.variants:
+                values = self.values[metric][variant]
+                cells = [format_percent(values[c].value, (values[c].low, values[c].high)) for c in columns]
+                delta = self.deltas[metric].get(variant)
+                cells.append("baseline" if delta is None else format_delta(delta["mean"]))
+                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+            others = [variant for variant in self.variants if variant != self.baseline]
+            if others:
+                lines += [
+                    "",
+                    f"Δ {metric} vs {self.baseline}:",
+                    "",
+                    "| variant | " + " | ".join(columns) + " |",
+                    "|---|" + "---:|" * len(columns),
+                ]
+                for variant in others:
+                    deltas = self.deltas[metric][variant]
+                    lines.append(f"| {variant} | " + " | ".join(format_delta(deltas[c]) for c in columns) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _protocol_differences(baseline: Variant, variant: Variant) -> list[str]:
+    differences = []
+    ours, theirs = baseline.results.get("protocol", {}), variant.results.get("protocol", {})
+    flat_ours = {**{k: v for k, v in ours.items() if k != "sampling"}, **ours.get("sampling", {})}
+    flat_theirs = {**{k: v for k, v in theirs.items() if k != "sampling"}, **theirs.get("sampling", {})}
+    for key in sorted(flat_ours.keys() | flat_theirs.keys()):
+        if key in ("pass_k", "generator"):  # which extra metrics, and how fast: not what the samples mean
+            continue
+        if flat_ours.get(key) != flat_theirs.get(key):
+            differences.append(f"{key} {flat_theirs.get(key)} (baseline {flat_ours.get(key)})")
+    return differences
+
+
+def compare(variants: Sequence[Variant], baseline: str | None, bootstrap: BootstrapConfig) -> Comparison:
+    """The comparison of ``variants`` (at least one) against ``baseline`` (default: the first)."""
+    if not variants:
+        raise ConfigError("compare: no results to compare")
+    labels = [variant.label for variant in variants]
+    for label in labels:
+        require_label(f"compare: label {label!r}", label)
+        if labels.count(label) > 1:
+            raise ConfigError(f"compare: two results directories have the label {label!r}; name them with labels=[...]")
+    baseline = baseline or labels[0]
+    if baseline not in labels:
+        raise ConfigError(f"compare: baseline={baseline!r} is not one of the labels: {', '.join(labels)}")
+    reference = variants[labels.index(baseline)]
+    notes = []
+
+    benchmarks = [name for name in reference.outcomes if all(name in variant.outcomes for variant in variants)]
+    left_out = sorted({name for variant in variants for name in variant.outcomes} - set(benchmarks))
+    if not benchmarks:
+        raise ConfigError("compare: the results share no benchmark")
+    if left_out:
+        notes.append(f"benchmarks not evaluated for every variant are left out: {', '.join(left_out)}")
+    metrics = [name for name in reference.results["metrics"] if all(name in v.results["metrics"] for v in variants)]
+    if not metrics:
+        raise ConfigError("compare: the results share no metric (different eval.sampling.n?)")
+    dropped = sorted({name for variant in variants for name in variant.results["metrics"]} - set(metrics))
+    if dropped:
+        notes.append(f"metrics not computed for every variant are left out: {', '.join(dropped)}")
+    for variant in variants:
+        differences = _protocol_differences(reference, variant)
+        if differences:
+            notes.append(f"{variant.label} was evaluated under another protocol: {'; '.join(differences)}")
+
+    # Each variant's outcomes in the baseline's problem order, so that scores pair up problem by problem.
+    aligned: dict[str, dict[str, list[ProblemOutcome]]] = {}
+    for variant in variants:
+        aligned[variant.label] = {}
+        for name in benchmarks:
+            by_id = {outcome.id: outcome for outcome in variant.outcomes[name]}
+            order = [outcome.id for outcome in reference.outcomes[name]]
+            if set(by_id) != set(order):
+                raise ConfigError(
+                    f"compare: benchmark {name}: {variant.label} was evaluated on other problems than {baseline}"
+                    f" ({len(by_id)} vs {len(order)}; same data and eval.limit?)"
+                )
+            aligned[variant.label][name] = [by_id[problem_id] for problem_id in order]
+
+    values: dict[str, dict[str, dict[str, Estimate]]] = {}
+    deltas: dict[str, dict[str, dict[str, Estimate]]] = {}
+    for metric in metrics:
+        scores = {
+            label: {name: problem_scores(outcomes, metric) for name, outcomes in per_benchmark.items()}
+            for label, per_benchmark in aligned.items()
+        }
+        values[metric] = {
+            label: estimate(scores[label], bootstrap.replicates, bootstrap.confidence, bootstrap.seed)
+            for label in labels
+        }
+        deltas[metric] = {
+            label: paired_difference(
+                scores[label], scores[baseline], bootstrap.replicates, bootstrap.confidence, bootstrap.seed
+            )
+            for label in labels
+            if label != baseline
+        }
+    problems = {name: len(reference.outcomes[name]) for name in benchmarks}
+    return Comparison(labels, baseline, benchmarks, problems, metrics, values, deltas, bootstrap, notes)
+
+
+def write_comparison(comparison: Comparison, output_dir: Path) -> None:
+    """comparison.md, comparison.csv and comparison.json in ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    markdown_file, csv_file, json_file = (output_dir / name for name in COMPARISON_FILES)
+    markdown_file.write_text(comparison.markdown())
+    csv_file.write_text(comparison.csv())
+    json_file.write_text(json.dumps(comparison.as_dict(), indent=2))
+
+
+def compare_results(
+    runs: Mapping[str, Path | str],
+    baseline: str | None,
+    output_dir: Path | None,
+    bootstrap: BootstrapConfig | None = None,
+) -> Comparison:
+    """Compare labelled results directories (e.g. SFT, DFT, IS, DR+SFT, DR+DFT, DR+IS) against ``baseline``.
+
+    Writes comparison.md, .csv and .json into ``output_dir`` (unless None) and returns the comparison.
+    """
+    variants = [load_variant(results_dir, label) for label, results_dir in runs.items()]
+    comparison = compare(variants, baseline, bootstrap or BootstrapConfig())
+    if output_dir is not None:
+        write_comparison(comparison, output_dir)
+    return comparison

@@ -1,0 +1,200 @@
+"""The toy world's model: a small Qwen2-architecture LM pretrained here, on CPU, cached by recipe hash.
+
+The model learns the *native* style on the easier pretraining distribution: each example is
+a problem under the standard prompt, or (a ``guided_share`` of them) under the guided re-solve
+prompt that shows the expert-style solution, and is answered with the native-style solution.
+Prompts are rendered by ``mindgap.prompts`` for the recipe's prompt type, exactly as the apps
+render them, and the loss covers the response tokens only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from mindgap.config import ToyModelConfig
+from mindgap.errors import ConfigError
+from mindgap.models.tiny import BUILDER_VERSION, CHAT_TEMPLATE, build_once, is_built, new_qwen2_model, train_tokenizer
+from mindgap.prompts import BOXED_INSTRUCTION, GUIDED_REQUEST, TEMPLATES, guided_prompt, standard_prompt
+from mindgap.toy.styles import expert_solution, native_solution
+from mindgap.toy.world import WORLD_VERSION, split_problems
+
+# Bump when the examples or the training loop change, so that old cache entries are not reused.
+PRETRAINING_VERSION = 1
+# Problems whose texts train the tokenizer (the world's vocabulary is small; more add nothing).
+_TOKENIZER_PROBLEMS = 2000
+# Batches are drawn from windows of this many batches sorted by length, so a batch pads little.
+_LENGTH_WINDOW = 32
+PRETRAINING_REPORT = "pretraining.json"
+
+
+@dataclass(frozen=True)
+class PretrainingExample:
+    prompt_ids: list[int]
+    # The native-style solution's ids, ending with the eos token.
+    response_ids: list[int]
+    guided: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
+
+
+def toy_model_dir(spec: ToyModelConfig, cache_dir: str) -> Path:
+    """Cache directory keyed by the full recipe, the world and code versions, and the prompt templates."""
+    payload = {
+        "spec": dataclasses.asdict(spec),
+        "versions": [BUILDER_VERSION, WORLD_VERSION, PRETRAINING_VERSION],
+        "prompts": [TEMPLATES, GUIDED_REQUEST, BOXED_INSTRUCTION, CHAT_TEMPLATE],
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir).expanduser() / "models" / f"toy-{digest}"
+
+
+def tokenizer_texts(spec: ToyModelConfig) -> list[str]:
+    """Problems and both solution styles, each with the prompt wording, so that the wording is as frequent as
+    in the examples and its words become single tokens."""
+    wording = [template.replace("{input}", "") for template in TEMPLATES.values()] + [GUIDED_REQUEST]
+    texts = []
+    for problem in split_problems(spec.world, "pretraining", min(spec.pretraining.corpus_size, _TOKENIZER_PROBLEMS)):
+        texts.extend((problem.text, native_solution(problem), expert_solution(problem), *wording))
+    return texts
+
+
+def pretraining_examples(spec: ToyModelConfig, tokenizer: PreTrainedTokenizerFast) -> list[PretrainingExample]:
+    """One example per corpus problem: standard or guided prompt, native-style response."""
+    recipe = spec.pretraining
+    rng = random.Random(f"mindgap-toy-pretraining/{recipe.seed}")
+    prompts, responses, guided = [], [], []
+    for problem in split_problems(spec.world, "pretraining", recipe.corpus_size):
+        shows_expert = rng.random() < recipe.guided_share
+        if shows_expert:
+            prompts.append(guided_prompt(problem.text, expert_solution(problem), spec.prompt_type, tokenizer))
+        else:
+            prompts.append(standard_prompt(problem.text, spec.prompt_type, tokenizer))
+        responses.append(native_solution(problem))
+        guided.append(shows_expert)
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [
+        PretrainingExample(prompt_ids=p, response_ids=[*r, eos], guided=g)
+        for p, r, g in zip(prompt_ids, response_ids, guided, strict=True)
+    ]
+
+
+def _batches(examples: list[PretrainingExample], batch_size: int, seed: int) -> Iterator[list[PretrainingExample]]:
+    """Endless batches: each epoch shuffles, sorts windows of batches by length, and shuffles the batches."""
+    rng = random.Random(f"mindgap-toy-batches/{seed}")
+    window = batch_size * _LENGTH_WINDOW
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: examples[i].length)
+            batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+        rng.shuffle(batches)
+        for batch in batches:
+            yield [examples[i] for i in batch]
+
+
+def _collate(batch: list[PretrainingExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids, attention mask, and labels (-100 outside the responses)."""
+    length = max(example.length for example in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for row, example in enumerate(batch):
+        ids = example.prompt_ids + example.response_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, len(example.prompt_ids) : len(ids)] = torch.tensor(example.response_ids)
+        mask[row, : len(ids)] = 1
+    return input_ids, mask, labels
+
+
+def _learning_rate_factor(step: int, spec: ToyModelConfig) -> float:
+    recipe = spec.pretraining
+    if step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * cosine
+
+
+def pretrain(model: torch.nn.Module, examples: list[PretrainingExample], spec: ToyModelConfig, pad_id: int) -> dict:
+    """Train ``model`` in place; returns the loss curve and the wall time."""
+    recipe = spec.pretraining
+    torch.manual_seed(recipe.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, spec))
+    batches = _batches(examples, recipe.batch_size, recipe.seed)
+    model.train()
+    losses: list[float] = []
+    started = time.perf_counter()
+    bar = tqdm(range(recipe.steps), desc="pretraining the toy model", unit="step", dynamic_ncols=True)
+    for step in bar:
+        input_ids, mask, labels = _collate(next(batches), pad_id)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        loss = functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 10 == 0 or step == recipe.steps - 1:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    bar.close()
+    model.eval()
+    return {"steps": recipe.steps, "wall_s": time.perf_counter() - started, "losses": losses}
+
+
+def _build(spec: ToyModelConfig, target: Path) -> None:
+    tokenizer = train_tokenizer(tokenizer_texts(spec), spec.vocab_size, split_digits=True)
+    model = new_qwen2_model(
+        tokenizer,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        seed=spec.pretraining.seed,
+    )
+    examples = pretraining_examples(spec, tokenizer)
+    longest = max(example.length for example in examples)
+    if longest > spec.max_position_embeddings:
+        raise ConfigError(f"model.toy: an example has {longest} tokens, more than max_position_embeddings")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.pretraining.threads)
+    try:
+        report = pretrain(model, examples, spec, pad_id=tokenizer.pad_token_id)
+    finally:
+        torch.set_num_threads(threads)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    (target / "recipe.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
+    report |= {"examples": len(examples), "guided_examples": sum(e.guided for e in examples), "longest": longest}
+    (target / PRETRAINING_REPORT).write_text(json.dumps(report))
+
+
+def build_toy_model(spec: ToyModelConfig, cache_dir: str) -> Path:
+    """The directory of the toy model for ``spec``, pretrained on first use (safe under concurrent builds)."""
+    return build_once(toy_model_dir(spec, cache_dir), lambda staging: _build(spec, staging))
+
+
+def toy_model_is_built(spec: ToyModelConfig, cache_dir: str) -> bool:
+    return is_built(toy_model_dir(spec, cache_dir))

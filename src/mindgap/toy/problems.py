@@ -1,0 +1,168 @@
+"""Toy math word problems: a starting quantity changed by a chain of events, drawn from a seeded RNG.
+
+A problem is kept as its structure (who, what, the start, the events) next to its text, so
+that the gold answer is computed from the structure and each solution style is written from
+it rather than parsed back out of the text.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from mindgap.config import ToyDistributionConfig
+
+GAIN, LOSE, GAIN_GROUPS, LOSE_GROUPS = "gain", "lose", "gain_groups", "lose_groups"
+
+# (name, subject pronoun, object pronoun, possessive)
+PEOPLE = [
+    *((name, "she", "her", "her") for name in ("Mia", "Ava", "Zoe", "Lily", "Emma", "Nora", "Ruby", "Ella", "Iris")),
+    *((name, "he", "him", "his") for name in ("Leo", "Sam", "Max", "Ben", "Jack", "Owen", "Luke", "Noah", "Finn")),
+]
+ITEMS = ["marbles", "stickers", "apples", "cards", "shells", "stamps", "beads", "cookies", "pencils", "crayons"]
+CONTAINERS = ["boxes", "bags", "packs", "jars"]
+THINGS = ["notebooks", "books", "tickets", "toys", "pens", "plants"]
+
+# Each event sentence starts with its ordinal, so that a solution can find the k-th event by name
+# (a small model learns this kind of lookup far sooner than counting sentences).
+ORDINALS = ["First", "Second", "Third", "Fourth", "Fifth", "Sixth", "Seventh", "Eighth", "Ninth", "Tenth"]
+
+# Which event kinds each family tells, and the unit it counts.
+FAMILY_EVENTS = {
+    "inventory": (GAIN, LOSE),
+    "packs": (GAIN, LOSE, GAIN_GROUPS, LOSE_GROUPS),
+    "money": (GAIN, LOSE, GAIN_GROUPS, LOSE_GROUPS),
+}
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    subject: str
+    object: str
+    possessive: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change of the quantity: ``count`` groups of ``amount`` gained or lost (count is 1 for plain events)."""
+
+    kind: str
+    amount: int
+    count: int
+    # Plural noun of the groups (boxes, friends, notebooks); empty for plain gains and losses.
+    group_noun: str
+    # The sentence of the problem text that tells this event.
+    sentence: str
+
+    @property
+    def is_gain(self) -> bool:
+        return self.kind in (GAIN, GAIN_GROUPS)
+
+    @property
+    def is_group(self) -> bool:
+        return self.kind in (GAIN_GROUPS, LOSE_GROUPS)
+
+    @property
+    def size(self) -> int:
+        """Units this event moves."""
+        return self.amount * self.count
+
+    @property
+    def change(self) -> int:
+        return self.size if self.is_gain else -self.size
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    family: str
+    person: Person
+    # Plural noun of what is counted ("marbles", "dollars").
+    unit: str
+    start: int
+    events: tuple[Event, ...]
+    text: str
+
+    @property
+    def steps(self) -> int:
+        return len(self.events)
+
+    def running_totals(self) -> list[int]:
+        """The quantity after each event, the start first."""
+        totals = [self.start]
+        for event in self.events:
+            totals.append(totals[-1] + event.change)
+        return totals
+
+    @property
+    def answer(self) -> int:
+        return self.running_totals()[-1]
+
+
+def _clause(kind: str, family: str, person: Person, unit: str, amount: int, count: int, noun: str, rng: random.Random) -> str:
+    he, him, his = person.subject, person.object, person.possessive
+    if family == "money":
+        options = {
+            GAIN: [f"{he} earns {amount} dollars", f"{he} gets {amount} dollars from {his} aunt"],
+            LOSE: [f"{he} spends {amount} dollars on lunch", f"{he} pays {amount} dollars for a ride"],
+            GAIN_GROUPS: [f"{he} sells {count} {noun} for {amount} dollars each"],
+            LOSE_GROUPS: [f"{he} buys {count} {noun} for {amount} dollars each"],
+        }
+    else:
+        options = {
+            GAIN: [f"{he} finds {amount} more {unit}", f"{he} buys {amount} more {unit}",
+                   f"a friend gives {him} {amount} {unit}"],
+            LOSE: [f"{he} gives {amount} {unit} to a friend", f"{he} loses {amount} {unit}",
+                   f"{he} trades away {amount} {unit}"],
+            GAIN_GROUPS: [f"{he} buys {count} {noun} with {amount} {unit} in each"],
+            LOSE_GROUPS: [f"{he} gives {count} friends {amount} {unit} each"],
+        }  # fmt: skip
+    return rng.choice(options[kind])
+
+
+def _draw_event(
+    position: int, family: str, person: Person, unit: str, total: int, spec: ToyDistributionConfig, rng: random.Random
+) -> Event:
+    """A random event (the ``position``-th, from 0) that keeps the running total within [0, max_value]."""
+    kinds = list(FAMILY_EVENTS[family])
+    while True:
+        kind = rng.choice(kinds)
+        count = rng.randint(2, spec.max_groups) if kind in (GAIN_GROUPS, LOSE_GROUPS) else 1
+        if kind in (GAIN, GAIN_GROUPS):
+            largest = min(spec.max_operand, (spec.max_value - total) // count)
+        else:
+            largest = min(spec.max_operand, total // count)
+        # Amounts of 1 would make "1 marbles"; the smallest amount told is 2.
+        if largest < 2:
+            continue
+        amount = rng.randint(2, largest)
+        noun = ""
+        if kind == GAIN_GROUPS and family == "packs":
+            noun = rng.choice(CONTAINERS)
+        elif kind == LOSE_GROUPS and family == "packs":
+            noun = "friends"
+        elif kind in (GAIN_GROUPS, LOSE_GROUPS):
+            noun = rng.choice(THINGS)
+        clause = _clause(kind, family, person, unit, amount, count, noun, rng)
+        sentence = f"{ORDINALS[position]}, {clause}."
+        return Event(kind=kind, amount=amount, count=count, group_noun=noun, sentence=sentence)
+
+
+def draw_problem(spec: ToyDistributionConfig, rng: random.Random) -> ToyProblem:
+    """One problem of the distribution ``spec``; a function of the RNG state only."""
+    family = rng.choice(spec.families)
+    person = Person(*rng.choice(PEOPLE))
+    unit = "dollars" if family == "money" else rng.choice(ITEMS)
+    steps = rng.choices(spec.steps, weights=spec.step_weights)[0]
+    # A start of at least 2 leaves room for a first loss.
+    start = rng.randint(2, spec.max_start)
+    events = []
+    total = start
+    for position in range(steps):
+        event = _draw_event(position, family, person, unit, total, spec, rng)
+        events.append(event)
+        total += event.change
+    opening = f"{person.name} has {start} {unit}."
+    question = f"How many {unit} does {person.name} have now?"
+    text = " ".join([opening, *(event.sentence for event in events), question])
+    return ToyProblem(family=family, person=person, unit=unit, start=start, events=tuple(events), text=text)
