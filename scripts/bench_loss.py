@@ -695,6 +695,11 @@ def ratio(value: float) -> str:
     return f"{value:.3f}x"
 
 
+def spread(ratios: list[float]) -> str:
+    """The range of the ratios behind a median: how much the machine's load moved them."""
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
 def verdict(value: float, target: float, higher_is_better: bool = False) -> str:
     met = value >= target if higher_is_better else value <= target
     return "[green]met[/green]" if met else "[red]not met[/red]"
@@ -710,13 +715,25 @@ def print_variants(
         f" = {tokens:,} tokens ({batch.loss_tokens:,} loss tokens); step time median of {repeats}",
         title_justify="left",
     )
-    for header in ("variant", "ms/step", "x sft", "loss-path peak MiB", "x sft", "x naive", "step peak MiB", "x sft"):
+    headers = (
+        "variant",
+        "ms/step",
+        "x sft",
+        "(range)",
+        "loss-path peak MiB",
+        "x sft",
+        "x naive",
+        "step peak MiB",
+        "x sft",
+    )
+    for header in headers:
         table.add_column(header, justify="left" if header == "variant" else "right")
     for name, result in results.items():
         table.add_row(
             f"{name} ({chunk_size})" if name == "chunked-dft" else name,
             f"{statistics.median(result.step_seconds) * 1000:,.0f}",
             ratio(statistics.median(result.step_ratio_to_sft)),
+            spread(result.step_ratio_to_sft),
             mib(result.loss_path_peak_bytes),
             ratio(result.loss_path_peak_bytes / sft.loss_path_peak_bytes),
             ratio(result.loss_path_peak_bytes / naive.loss_path_peak_bytes),
@@ -770,17 +787,23 @@ def print_trl(console: Console, comparison: TrlComparison, batch_size: int) -> N
         ", each trainer on the same batches in turn",
         title_justify="left",
     )
-    for header in ("trainer", "loss tokens/s", "x TRL", "step peak MiB", "x TRL"):
+    for header in ("trainer", "loss tokens/s", "x TRL", "(range)", "step peak MiB", "x TRL"):
         table.add_column(header, justify="left" if header == "trainer" else "right")
-    table.add_row(trl.name, f"{tokens_per_second(trl):,.0f}", ratio(1.0), mib(trl.peak_bytes), ratio(1.0))
+    table.add_row(trl.name, f"{tokens_per_second(trl):,.0f}", ratio(1.0), "", mib(trl.peak_bytes), ratio(1.0))
     checks = Table(title="Targets against TRL (issue 4)", title_justify="left")
     for header in ("trainer", "throughput target", "measured", "", "memory target", "measured", ""):
         checks.add_column(header)
     for result in comparison.ours:
-        speedup = statistics.median(trl.step_seconds[i] / result.step_seconds[i] for i in trl.step_seconds)
+        speedups = [trl.step_seconds[i] / result.step_seconds[i] for i in trl.step_seconds]
+        speedup = statistics.median(speedups)
         memory = result.peak_bytes / trl.peak_bytes
         table.add_row(
-            result.name, f"{tokens_per_second(result):,.0f}", ratio(speedup), mib(result.peak_bytes), ratio(memory)
+            result.name,
+            f"{tokens_per_second(result):,.0f}",
+            ratio(speedup),
+            spread(speedups),
+            mib(result.peak_bytes),
+            ratio(memory),
         )
         checks.add_row(
             result.name,

@@ -1,35 +1,90 @@
-"""mindgap-pipeline: rewrite, then train, then evaluate, through the same functions as the three apps."""
+"""mindgap-pipeline: rewrite, train every variant, evaluate them all, write the report."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import is_rank_zero, run_app, run_cli
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
+from mindgap.config import CONFIG_DIR, MindgapConfig, VariantConfig, register_configs
 from mindgap.errors import ConfigError
 from mindgap.eval import evaluate
+from mindgap.models import resolve_model_path
+from mindgap.report import BASE_LABEL, TrainedVariant, write_report
 from mindgap.rewrite import rewrite
 from mindgap.train import train
 
 register_configs()
 
+REWRITE_DIR, TRAIN_DIR, EVAL_DIR, REPORT_DIR = "rewrite", "train", "eval", "report"
+# Set by the launchers that start every rank themselves (torchrun, SLURM with one task per device).
+_EXTERNAL_LAUNCH = ("TORCHELASTIC_RUN_ID", "SLURM_STEP_NUM_TASKS")
+
+
+def variants_of(config: MindgapConfig) -> list[VariantConfig]:
+    """The configured variants, or the one the plain rewrite + loss keys describe."""
+    return config.pipeline.variants or [VariantConfig("run", config.rewrite.strategy, config.train.loss)]
+
+
+def _check_launch(config: MindgapConfig, variants: list[VariantConfig]) -> None:
+    strategy = config.train.strategy
+    relaunching = strategy.name in ("ddp", "fsdp2", "fsdp") and strategy.world_size > 1
+    if len(variants) > 1 and relaunching and not any(key in os.environ for key in _EXTERNAL_LAUNCH):
+        # Lightning would start new rank processes for every variant while the first ones still run.
+        raise ConfigError(
+            f"pipeline: {len(variants)} variants with strategy={strategy.name} need ranks started by torchrun or"
+            " SLURM; on one machine use strategy=ddp_spawn"
+        )
+
 
 def pipeline(config: MindgapConfig, output_dir: Path) -> float:
-    """Run the three stages under ``output_dir/{rewrite,train,eval}``; return the mean eval score."""
-    dataset_path = rewrite(config, output_dir / "rewrite")
-    if dataset_path is None:
-        raise ConfigError("rewrite.shard_index runs one shard of mindgap-rewrite; the pipeline needs them all")
-    config.train.dataset_path = str(dataset_path)
-    model_dir = train(config, output_dir / "train")
+    """Rewrite once per strategy, train each variant, evaluate them (and the initial model), report.
+
+    Returns the first variant's mean score, the sweep metric.
+    """
+    variants = variants_of(config)
+    _check_launch(config, variants)
+    single = len(variants) == 1
+    datasets: dict[str, Path] = {}
+    for strategy in dict.fromkeys(variant.rewrite for variant in variants):
+        stage_config = dataclasses.replace(config, rewrite=dataclasses.replace(config.rewrite, strategy=strategy))
+        dataset = rewrite(stage_config, output_dir / REWRITE_DIR if single else output_dir / REWRITE_DIR / strategy)
+        if dataset is None:
+            raise ConfigError("rewrite.shard_index runs one shard of mindgap-rewrite; the pipeline needs them all")
+        datasets[strategy] = dataset
+
+    trained = []
+    for variant in variants:
+        variant_config = dataclasses.replace(
+            config,
+            rewrite=dataclasses.replace(config.rewrite, strategy=variant.rewrite),
+            train=dataclasses.replace(config.train, loss=variant.loss, dataset_path=str(datasets[variant.rewrite])),
+        )
+        train_dir = output_dir / TRAIN_DIR if single else output_dir / TRAIN_DIR / variant.name
+        model_dir = train(variant_config, train_dir, label=None if single else variant.name)
+        trained.append(TrainedVariant(variant, datasets[variant.rewrite], train_dir, model_dir))
     if not is_rank_zero():
         # A multi-process training run re-runs the app in each extra process; only rank zero evaluates.
         return float("nan")
-    score = evaluate(config, output_dir / "eval", str(model_dir))
-    if is_rank_zero():
-        print(f"mindgap-pipeline: mean eval score {score:.4f}", flush=True)
+
+    labels = [variant.name for variant in variants]
+    models = [str(item.model_dir) for item in trained]
+    if config.pipeline.evaluate_base:
+        labels.append(BASE_LABEL)
+        models.append(resolve_model_path(config.model, config.cache_dir, config.data_root))
+    eval_config = dataclasses.replace(
+        config,
+        eval=dataclasses.replace(
+            config.eval, models=models, labels=labels, baseline=config.pipeline.baseline or labels[0]
+        ),
+    )
+    score = evaluate(eval_config, output_dir / EVAL_DIR)
+    report_dir = write_report(eval_config, trained, output_dir / EVAL_DIR, output_dir / REPORT_DIR)
+    print(f"mindgap-pipeline: mean eval score of {labels[0]} {score:.4f}; report in {report_dir}", flush=True)
     return score
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
@@ -14,12 +15,21 @@ from mindgap.training.run import run_training
 register_configs()
 
 
-def train(config: MindgapConfig, output_dir: Path) -> Path:
-    """Train and return the exported model directory."""
+STEP_METRICS = "metrics.csv"
+
+
+def train(config: MindgapConfig, output_dir: Path, label: str | None = None) -> Path:
+    """Train and return the exported model directory; ``label`` names the run among a pipeline's variants.
+
+    Besides the configured logger, every step's metrics go to ``output_dir/metrics.csv``, which the
+    pipeline's report and the analysis notebook read whatever the logger.
+    """
     tags = [f"loss:{config.train.loss.name}", f"rewrite:{config.rewrite.strategy}", f"data:{config.data.name}"]
-    tracker = stage_tracker(config, output_dir, "train", tags)
+    tracker = stage_tracker(config, output_dir, "train", tags, label=label)
+    step_metrics = CSVLogger(save_dir=str(output_dir), name="", version="")
+    loggers = [logger for logger in (tracker.logger, step_metrics) if logger is not None]
     try:
-        return run_training(config, output_dir, tracker.logger)
+        return run_training(config, output_dir, loggers)
     finally:
         tracker.finish()
 

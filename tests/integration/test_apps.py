@@ -33,14 +33,24 @@ def test_smoke_pipeline_rewrites_trains_and_evaluates(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert model.config.model_type == "qwen2" and tokenizer.eos_token == "<|im_end|>"
 
-    results = json.loads((out / "eval" / "results.json").read_text())
+    # The trained model and the initial one ("base"), compared; then the report.
+    results = json.loads((out / "eval" / "run" / "results.json").read_text())
     assert results["benchmarks"]["gsm8k_test"]["problems"] == 8
     assert results["model"]["path"] == str(model_dir)
-    samples = (out / "eval" / "gsm8k_test" / "samples.jsonl").read_text().splitlines()
+    samples = (out / "eval" / "run" / "gsm8k_test" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 8
+    assert (out / "eval" / "base" / "results.json").is_file()
+    report = out / "report"
+    assert sorted(path.name for path in (report / "figures").iterdir()) == [
+        "accuracy.png",
+        "composition.png",
+        "token_logprobs.png",
+        "weight_statistics.png",
+    ]
+    assert "| run |" in (report / "results.md").read_text()
 
-    # One offline W&B run per stage.
-    for stage in ("rewrite", "train", "eval"):
+    # One offline W&B run per stage and evaluated model, and one for the comparison table.
+    for stage in ("rewrite", "train", "eval/run", "eval/base", "eval"):
         assert len(list((out / stage / "wandb").glob("offline-run-*"))) == 1, stage
 
 

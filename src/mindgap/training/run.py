@@ -22,7 +22,10 @@ CHECKPOINT_NAME = re.compile(r"step-(\d+)(\.ckpt)?$")
 
 
 def run_training(
-    config: MindgapConfig, output_dir: Path, logger: Logger | None, callbacks: list[Callback] | None = None
+    config: MindgapConfig,
+    output_dir: Path,
+    logger: Logger | list[Logger] | None,
+    callbacks: list[Callback] | None = None,
 ) -> Path:
     """Train (rewriting first when the dataset is missing) and return the exported Hugging Face model."""
     train = config.train
@@ -59,7 +62,7 @@ def run_training(
         max_epochs=train.max_epochs,
         accumulate_grad_batches=train.accumulate_grad_batches,
         gradient_clip_val=train.optim.grad_clip,
-        logger=logger if logger is not None else False,
+        logger=logger if logger else False,
         log_every_n_steps=train.log_every_n_steps,
         default_root_dir=str(output_dir),
         callbacks=callbacks,

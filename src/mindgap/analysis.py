@@ -1,0 +1,181 @@
+"""Read a pipeline report directory and draw its table and figures (used by the pipeline and the notebook)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from mindgap.report import COMPOSITION_CSV, LOGPROBS_CSV, RESULTS_CSV, TRAINING_CSV, VARIANTS_JSON
+
+FIGURES_DIR = "figures"
+# The training curves drawn per variant: the importance weights' spread and effective sample size.
+WEIGHT_CURVES = ("is/all/weight_var", "is/all/ess")
+
+
+@dataclass
+class Report:
+    directory: Path
+    variants: dict[str, Any]
+    # One row per (group, variant, metric, benchmark or mean): value, interval, difference to the baseline.
+    results: pd.DataFrame
+    # Long format: variant, step, metric, value.
+    training: pd.DataFrame
+    # rewrite, source, bin_low, bin_high, count.
+    token_logprobs: pd.DataFrame
+    # rewrite, source, count.
+    composition: pd.DataFrame
+
+    @property
+    def headline_metric(self) -> str:
+        return str(self.results["metric"].iloc[0])
+
+
+def load_report(directory: Path | str) -> Report:
+    directory = Path(directory)
+    return Report(
+        directory,
+        json.loads((directory / VARIANTS_JSON).read_text()),
+        pd.read_csv(directory / RESULTS_CSV),
+        pd.read_csv(directory / TRAINING_CSV),
+        pd.read_csv(directory / LOGPROBS_CSV),
+        pd.read_csv(directory / COMPOSITION_CSV),
+    )
+
+
+def _group_means(report: Report) -> pd.DataFrame:
+    results = report.results
+    return results[(results["benchmark"] == "mean") & (results["metric"] == report.headline_metric)]
+
+
+def summary_table(report: Report) -> pd.DataFrame:
+    """Variant x group (target, forgetting): the headline metric's mean over benchmarks, percent, with interval."""
+    rows = _group_means(report)
+    table = {}
+    for (variant, group), row in rows.set_index(["variant", "group"]).iterrows():
+        table.setdefault(variant, {})[group] = (
+            f"{100 * row['value']:.1f} [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]"
+        )
+    order = list(dict.fromkeys(rows["variant"]))
+    return pd.DataFrame.from_dict(table, orient="index").loc[order]
+
+
+def seed_table(reports: list[Report]) -> pd.DataFrame:
+    """Across runs that differ only in seed: mean and 95% t-interval of each variant's group means, percent."""
+    frames = []
+    for report in reports:
+        rows = _group_means(report)
+        frames.append(rows[["variant", "group", "value"]].assign(seed=report.variants["seed"]))
+    values = pd.concat(frames)
+    cells: dict[str, dict[str, str]] = {}
+    for (variant, group), scores in values.groupby(["variant", "group"], sort=False)["value"]:
+        mean = 100 * scores.mean()
+        half = 100 * _t_quantile_975(len(scores) - 1) * scores.std(ddof=1) / np.sqrt(len(scores))
+        cells.setdefault(variant, {})[f"{group} (n={len(scores)} seeds)"] = f"{mean:.1f} ± {half:.1f}"
+    return pd.DataFrame.from_dict(cells, orient="index")
+
+
+# Student's t 97.5% quantiles for 1..10 degrees of freedom; beyond, the normal 1.96 is within 6%.
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def _t_quantile_975(degrees_of_freedom: int) -> float:
+    if degrees_of_freedom < 1:
+        return float("nan")
+    return _T_975[degrees_of_freedom - 1] if degrees_of_freedom <= len(_T_975) else 1.96
+
+
+def plot_accuracy(report: Report, ax: plt.Axes | None = None) -> plt.Axes:
+    """Bars per variant for each group's mean, with the bootstrap interval."""
+    ax = ax or plt.subplots(figsize=(8, 4))[1]
+    rows = _group_means(report)
+    variants = list(dict.fromkeys(rows["variant"]))
+    groups = list(dict.fromkeys(rows["group"]))
+    width = 0.8 / len(groups)
+    for offset, group in enumerate(groups):
+        part = rows[rows["group"] == group].set_index("variant").loc[variants]
+        positions = np.arange(len(variants)) + (offset - (len(groups) - 1) / 2) * width
+        errors = [100 * (part["value"] - part["ci_low"]), 100 * (part["ci_high"] - part["value"])]
+        ax.bar(positions, 100 * part["value"], width, yerr=errors, capsize=3, label=group)
+    ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
+    ax.set_ylabel(f"{report.headline_metric} (%)")
+    ax.set_title("Accuracy per variant (95% bootstrap interval)")
+    ax.legend()
+    return ax
+
+
+def plot_weight_statistics(report: Report, axes: list[plt.Axes] | None = None) -> list[plt.Axes]:
+    """Variance and effective sample size of the importance weights over training, per variant."""
+    axes = axes if axes is not None else list(plt.subplots(1, len(WEIGHT_CURVES), figsize=(11, 4))[1])
+    for ax, metric in zip(axes, WEIGHT_CURVES, strict=True):
+        curves = report.training[report.training["metric"] == metric]
+        for variant, curve in curves.groupby("variant", sort=False):
+            ax.plot(curve["step"], curve["value"], marker=".", label=variant)
+        ax.set_xlabel("optimiser step")
+        ax.set_title(metric)
+    axes[0].legend()
+    return axes
+
+
+def plot_token_logprobs(report: Report, axes: list[plt.Axes] | None = None) -> list[plt.Axes]:
+    """The policy gap: per-token log-probs of each training set under the initial model, per source."""
+    rewrites = list(dict.fromkeys(report.token_logprobs["rewrite"]))
+    if axes is None:
+        figure_axes = plt.subplots(1, len(rewrites), figsize=(5 * len(rewrites), 4), sharey=True)[1]
+        axes = list(np.atleast_1d(figure_axes))
+    for ax, rewrite in zip(axes, rewrites, strict=True):
+        data = report.token_logprobs[report.token_logprobs["rewrite"] == rewrite]
+        for source, histogram in data.groupby("source", sort=False):
+            total = histogram["count"].sum()
+            centres = (histogram["bin_low"] + histogram["bin_high"]) / 2
+            ax.plot(centres, histogram["count"] / total, drawstyle="steps-mid", label=f"{source} ({total} tokens)")
+        ax.set_xlabel("log π₀(token)")
+        ax.set_title(f"training data of rewrite={rewrite}")
+        ax.legend()
+    axes[0].set_ylabel("share of tokens")
+    return axes
+
+
+def plot_composition(report: Report, ax: plt.Axes | None = None) -> plt.Axes:
+    """Records per source in each training set (stacked)."""
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    table = report.composition.pivot_table(index="rewrite", columns="source", values="count", fill_value=0)
+    bottom = np.zeros(len(table))
+    for source in table.columns:
+        ax.bar(table.index, table[source], bottom=bottom, label=source)
+        bottom += table[source].to_numpy()
+    ax.set_ylabel("records")
+    ax.set_title("Training set composition")
+    ax.legend()
+    return ax
+
+
+def write_figures(report_dir: Path | str) -> list[Path]:
+    """Draw every figure of the report into ``<report_dir>/figures`` and return their paths."""
+    report = load_report(report_dir)
+    figures_dir = report.directory / FIGURES_DIR
+    figures_dir.mkdir(exist_ok=True)
+    drawings = {
+        "accuracy.png": plot_accuracy,
+        "weight_statistics.png": plot_weight_statistics,
+        "token_logprobs.png": plot_token_logprobs,
+        "composition.png": plot_composition,
+    }
+    paths = []
+    for name, draw in drawings.items():
+        axes = draw(report)
+        figure = (axes[0] if isinstance(axes, list) else axes).figure
+        figure.tight_layout()
+        figure.savefig(figures_dir / name, dpi=120)
+        plt.close(figure)
+        paths.append(figures_dir / name)
+    return paths
