@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
+import nbformat
 import pytest
 from datasets import load_from_disk
+from nbclient import NotebookClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mindgap.config import PROJECT_ROOT
 from tests.conftest import run_app_subprocess
 
 pytestmark = pytest.mark.slow
 
 
-def test_smoke_pipeline_rewrites_trains_and_evaluates(tmp_path: Path) -> None:
-    out = tmp_path / "smoke"
-    result = run_app_subprocess("pipeline", "experiment=smoke", f"output_dir={out}", "logger=wandb")
+@pytest.fixture(scope="module")
+def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("pipeline") / "smoke"
+    return out, run_app_subprocess("pipeline", "experiment=smoke", f"output_dir={out}", "logger=wandb")
+
+
+def test_smoke_pipeline_rewrites_trains_and_evaluates(smoke_pipeline) -> None:
+    out, result = smoke_pipeline
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"mindgap-pipeline: outputs in {out}" in result.stdout
 
@@ -52,6 +62,26 @@ def test_smoke_pipeline_rewrites_trains_and_evaluates(tmp_path: Path) -> None:
     # One offline W&B run per stage and evaluated model, and one for the comparison table.
     for stage in ("rewrite", "train", "eval/run", "eval/base", "eval"):
         assert len(list((out / stage / "wandb").glob("offline-run-*"))) == 1, stage
+
+
+def test_analysis_notebook_runs_on_the_report(smoke_pipeline) -> None:
+    out, result = smoke_pipeline
+    assert result.returncode == 0, result.stderr[-3000:]
+    notebook = nbformat.read(PROJECT_ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    # Committed without outputs.
+    assert all(not cell.outputs and cell.execution_count is None for cell in code_cells)
+    os.environ["MINDGAP_REPORT"] = str(out / "report")
+    try:
+        NotebookClient(
+            notebook, timeout=300, resources={"metadata": {"path": str(PROJECT_ROOT / "notebooks")}}
+        ).execute()
+    finally:
+        del os.environ["MINDGAP_REPORT"]
+    images = [output for cell in code_cells for output in cell.outputs if "image/png" in output.get("data", {})]
+    assert len(images) == 4
+    summary = next(cell for cell in code_cells if "summary_table" in cell.source)
+    assert "run" in summary.outputs[0]["data"]["text/plain"]
 
 
 def test_rewrite_app_skips_bad_records_when_not_strict(tmp_path: Path) -> None:

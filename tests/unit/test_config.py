@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from mindgap.config import (
     CONFIG_DIR,
@@ -71,10 +72,24 @@ def test_launcher_configs_compose(launcher: str) -> None:
     assert cfg.hydra.launcher.tasks_per_node == 1
 
 
-def test_sweep_configs_compose() -> None:
-    for sweep in _options("sweep"):
-        cfg = _compose("pipeline", [f"+sweep={sweep}"])
-        assert OmegaConf.select(cfg, "seed") is not None
+SWEEP_JOBS = {"seeds": 3, "rewrite_shards": 4, "loss_by_data": 6, "clip": 4, "stages": 3}
+
+
+@pytest.mark.parametrize("sweep", _options("sweep"))
+def test_every_job_of_every_sweep_composes(sweep: str) -> None:
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["output_dir=/tmp/unused", f"+sweep={sweep}"], return_hydra_config=True)
+    params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    # The basic sweeper's own expansion of the sweep's parameters into jobs.
+    jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), max_batch_size=None)[0]
+    assert len(jobs) == SWEEP_JOBS[sweep]
+    for job in jobs:
+        typed = to_typed(_compose("pipeline", [f"+sweep={sweep}", *job]), MindgapConfig)
+        if sweep in ("loss_by_data", "clip", "stages"):
+            assert typed.pipeline.variants == []
+        if sweep == "clip":
+            assert typed.train.loss.name == "is" and typed.rewrite.strategy == "mind_the_gap"
 
 
 def test_data_limit_and_common_keys_override() -> None:
