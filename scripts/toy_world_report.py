@@ -142,7 +142,8 @@ def main() -> None:
 
     rows = [
         ("model", f"{model_path}"),
-        ("pretraining wall time", f"{pretraining['wall_s']:.1f} s ({pretraining['steps']} steps; "
+        ("pretraining wall time", f"{pretraining['wall_s']:.1f} s, CPU {pretraining.get('cpu_s', 0):.1f} s"
+                                  f" ({pretraining['steps']} steps; "
                                   f"{'cached, recorded at build' if cached else f'built now, {build_wall:.1f} s in all'})"),
         ("pretraining final loss", f"{sum(pretraining['losses'][-20:]) / len(pretraining['losses'][-20:]):.3f}"),
         ("target problems", f"{count} of {config.data.name}, T={self_sampling.temperature}, {k} samples each"),

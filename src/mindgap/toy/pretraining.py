@@ -28,6 +28,7 @@ from mindgap.config import ToyModelConfig
 from mindgap.errors import ConfigError
 from mindgap.models.tiny import BUILDER_VERSION, CHAT_TEMPLATE, build_once, is_built, new_qwen2_model, train_tokenizer
 from mindgap.prompts import BOXED_INSTRUCTION, GUIDED_REQUEST, TEMPLATES, guided_prompt, standard_prompt
+from mindgap.toy.problems import LEXICON
 from mindgap.toy.styles import expert_solution, native_solution
 from mindgap.toy.world import WORLD_VERSION, split_problems
 
@@ -64,9 +65,9 @@ def toy_model_dir(spec: ToyModelConfig, cache_dir: str) -> Path:
 
 
 def tokenizer_texts(spec: ToyModelConfig) -> list[str]:
-    """Problems and both solution styles, each with the prompt wording, so that the wording is as frequent as
-    in the examples and its words become single tokens."""
-    wording = [template.replace("{input}", "") for template in TEMPLATES.values()] + [GUIDED_REQUEST]
+    """Problems and both solution styles, each with the prompt wording and the world's lexicon, so that these
+    are as frequent as in the examples and their words become single tokens."""
+    wording = [template.replace("{input}", "") for template in TEMPLATES.values()] + [GUIDED_REQUEST, LEXICON]
     texts = []
     for problem in split_problems(spec.world, "pretraining", min(spec.pretraining.corpus_size, _TOKENIZER_PROBLEMS)):
         texts.extend((problem.text, native_solution(problem), expert_solution(problem), *wording))
@@ -143,7 +144,7 @@ def pretrain(model: torch.nn.Module, examples: list[PretrainingExample], spec: T
     batches = _batches(examples, recipe.batch_size, recipe.seed)
     model.train()
     losses: list[float] = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     bar = tqdm(range(recipe.steps), desc="pretraining the toy model", unit="step", dynamic_ncols=True)
     for step in bar:
         input_ids, mask, labels = _collate(next(batches), pad_id)
@@ -159,7 +160,9 @@ def pretrain(model: torch.nn.Module, examples: list[PretrainingExample], spec: T
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     bar.close()
     model.eval()
-    return {"steps": recipe.steps, "wall_s": time.perf_counter() - started, "losses": losses}
+    # CPU time next to wall time: on a shared machine the wall time says more about the neighbours.
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"steps": recipe.steps, "wall_s": wall, "cpu_s": cpu, "losses": losses}
 
 
 def _build(spec: ToyModelConfig, target: Path) -> None:

@@ -27,6 +27,10 @@ THINGS = ["notebooks", "books", "tickets", "toys", "pens", "plants"]
 # (a small model learns this kind of lookup far sooner than counting sentences).
 ORDINALS = ["First", "Second", "Third", "Fourth", "Fifth", "Sixth", "Seventh", "Eighth", "Ninth", "Tenth"]
 
+# Every proper noun and ordinal a problem can use: the tokenizer learns them all, including those
+# that only the harder target problems use (the fifth event, say).
+LEXICON = " ".join([*ORDINALS, *(name for name, *_ in PEOPLE), *ITEMS, *CONTAINERS, *THINGS])
+
 # Which event kinds each family tells, and the unit it counts.
 FAMILY_EVENTS = {
     "inventory": (GAIN, LOSE),

@@ -58,16 +58,13 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     ``logits`` [B, T, V] predict ``labels`` [B, T] shifted by one; returns two [B, T-1] tensors
     (log-probs are 0 where the mask is False).
     """
-    shifted_logits = logits[:, :-1, :].float()
-    shifted_labels = labels[:, 1:]
-    mask = shifted_labels != IGNORE_INDEX
+    # Shift the labels, not the logits: a [:, :-1] slice of the logits cannot be flattened without
+    # copying them, and its gradient would be zero-filled and copied back.
+    next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     negative = F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.size(-1)),
-        shifted_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view_as(shifted_labels)
-    return -negative, mask
+        logits.flatten(0, 1).float(), next_labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view_as(next_labels)[:, :-1]
+    return -negative, labels[:, 1:] != IGNORE_INDEX
 
 
 def source_ids(sources: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
