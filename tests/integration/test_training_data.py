@@ -86,6 +86,10 @@ def test_wandb_run_is_grouped_tagged_and_gets_weight_histograms(tmp_path: Path) 
 
     config = _config(tmp_path, "loss=dft", "logger=wandb", "train.histogram_every_n_steps=1", "data.limit=4")
     train(config, tmp_path)
+    import wandb
+
+    # The W&B service writes the offline file asynchronously; shutting it down flushes it.
+    wandb.teardown()
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     # The offline run is a log of protobuf records: the keys and strings appear verbatim.
     records = run_file.read_bytes()

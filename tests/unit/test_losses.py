@@ -94,14 +94,15 @@ def test_sft_equals_hugging_face_causal_lm_loss(tiny_model_path: str) -> None:
 
 
 def test_weight_rules_per_loss_and_source() -> None:
-    sources = source_ids(["self", "guided", "expert"])
-    assert sources.tolist() == [0, 1, 2]
+    sources = source_ids(["self", "guided", "expert", "rewritten"])
+    assert sources.tolist() == [0, 1, 2, 3]
     one, uniform, model = int(WeightRule.ONE), int(WeightRule.UNIFORM), int(WeightRule.MODEL)
-    assert weight_rules("sft", sources).tolist() == [one, one, one]
-    assert weight_rules("dft", sources, "model").tolist() == [uniform, uniform, uniform]
-    assert weight_rules("is", sources, "uniform").tolist() == [model, model, uniform]
-    assert weight_rules("is", sources, "one").tolist() == [model, model, one]
-    assert weight_rules("is", sources, "model").tolist() == [model, model, model]
+    assert weight_rules("sft", sources).tolist() == [one, one, one, one]
+    assert weight_rules("dft", sources, "model").tolist() == [uniform, uniform, uniform, uniform]
+    # Rewritten records are the model's own tokens under the rewrite prompt: weighted like guided ones.
+    assert weight_rules("is", sources, "uniform").tolist() == [model, model, uniform, model]
+    assert weight_rules("is", sources, "one").tolist() == [model, model, one, model]
+    assert weight_rules("is", sources, "model").tolist() == [model, model, model, model]
     with pytest.raises(ValueError, match="loss="):
         weight_rules("ppo", sources)
     with pytest.raises(ValueError, match="expert_behavior="):

@@ -104,23 +104,21 @@ class ToyProblem:
 
 
 def _clause(kind: str, family: str, person: Person, unit: str, amount: int, count: int, noun: str, rng: random.Random) -> str:
-    he, him, his = person.subject, person.object, person.possessive
+    he = person.subject
     if family == "money":
         options = {
-            GAIN: [f"{he} earns {amount} dollars", f"{he} gets {amount} dollars from {his} aunt"],
-            LOSE: [f"{he} spends {amount} dollars on lunch", f"{he} pays {amount} dollars for a ride"],
+            GAIN: [f"{he} earns {amount} dollars", f"{he} gets {amount} dollars"],
+            LOSE: [f"{he} spends {amount} dollars", f"{he} pays {amount} dollars"],
             GAIN_GROUPS: [f"{he} sells {count} {noun} for {amount} dollars each"],
             LOSE_GROUPS: [f"{he} buys {count} {noun} for {amount} dollars each"],
         }
     else:
         options = {
-            GAIN: [f"{he} finds {amount} more {unit}", f"{he} buys {amount} more {unit}",
-                   f"a friend gives {him} {amount} {unit}"],
-            LOSE: [f"{he} gives {amount} {unit} to a friend", f"{he} loses {amount} {unit}",
-                   f"{he} trades away {amount} {unit}"],
-            GAIN_GROUPS: [f"{he} buys {count} {noun} with {amount} {unit} in each"],
+            GAIN: [f"{he} finds {amount} more {unit}", f"{he} buys {amount} more {unit}", f"{he} gets {amount} more {unit}"],
+            LOSE: [f"{he} loses {amount} {unit}", f"{he} gives away {amount} {unit}", f"{he} sells {amount} {unit}"],
+            GAIN_GROUPS: [f"{he} buys {count} {noun} of {amount} {unit}"],
             LOSE_GROUPS: [f"{he} gives {count} friends {amount} {unit} each"],
-        }  # fmt: skip
+        }
     return rng.choice(options[kind])
 
 

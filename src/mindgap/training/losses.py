@@ -68,7 +68,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 def source_ids(sources: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
-    """LongTensor[B] of indices into ``mindgap.records.SOURCES`` (self=0, guided=1, expert=2)."""
+    """LongTensor[B] of indices into ``mindgap.records.SOURCES`` (self=0, guided=1, expert=2, rewritten=3)."""
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown:
         raise ValueError(f"unknown sources {unknown}; expected one of {', '.join(SOURCES)}")
@@ -79,8 +79,8 @@ def weight_rules(loss: str, sources: torch.Tensor, expert_behavior: str = "unifo
     """Per-row :class:`WeightRule` (LongTensor[B]) for a loss name.
 
     ``sft``: ONE for every row. ``dft``: UNIFORM for every row (logbeta = 0 whatever the source).
-    ``is``: MODEL for ``self`` and ``guided`` rows; ``expert`` rows follow ``expert_behavior``
-    (``uniform`` -> UNIFORM, ``one`` -> ONE, ``model`` -> MODEL). ``sources`` is LongTensor[B]
+    ``is``: MODEL for ``self``, ``guided`` and ``rewritten`` rows (model-generated ids); ``expert`` rows
+    follow ``expert_behavior`` (``uniform`` -> UNIFORM, ``one`` -> ONE, ``model`` -> MODEL). ``sources`` is LongTensor[B]
     from :func:`source_ids`.
     """
     if loss not in LOSSES:
