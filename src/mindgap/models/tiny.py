@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from mindgap.config import TinyModelConfig
@@ -61,13 +61,13 @@ def tiny_model_dir(spec: TinyModelConfig, cache_dir: str, texts: list[str]) -> P
 def train_tokenizer(texts: list[str], vocab_size: int, split_digits: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``texts``, with the special tokens and the chat template.
 
-    ``split_digits`` makes every digit its own token (the first one keeps the space before it), so
-    that a model learns arithmetic on digits rather than on whichever numbers the corpus made frequent.
+    ``split_digits`` makes every digit its own token (as Qwen2's tokenizer does), so that a model
+    learns arithmetic on digits rather than on whichever numbers the corpus made frequent.
     """
     tokenizer = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.pre_tokenizer = (
-        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r" ?\d"), behavior="isolated"), byte_level])
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
         if split_digits
         else byte_level
     )

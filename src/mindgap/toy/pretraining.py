@@ -53,10 +53,17 @@ class PretrainingExample:
         return len(self.prompt_ids) + len(self.response_ids)
 
 
+def model_recipe(spec: ToyModelConfig) -> dict:
+    """Everything of ``spec`` the model depends on: all but the target distribution, which it never sees."""
+    recipe = dataclasses.asdict(spec)
+    del recipe["world"]["target"]
+    return recipe
+
+
 def toy_model_dir(spec: ToyModelConfig, cache_dir: str) -> Path:
-    """Cache directory keyed by the full recipe, the world and code versions, and the prompt templates."""
+    """Cache directory keyed by the recipe, the world and code versions, and the prompt templates."""
     payload = {
-        "spec": dataclasses.asdict(spec),
+        "spec": model_recipe(spec),
         "versions": [BUILDER_VERSION, WORLD_VERSION, PRETRAINING_VERSION],
         "prompts": [TEMPLATES, GUIDED_REQUEST, BOXED_INSTRUCTION, CHAT_TEMPLATE],
     }
@@ -189,7 +196,7 @@ def _build(spec: ToyModelConfig, target: Path) -> None:
         torch.set_num_threads(threads)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    (target / "recipe.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
+    (target / "recipe.json").write_text(json.dumps(model_recipe(spec), indent=2))
     report |= {"examples": len(examples), "guided_examples": sum(e.guided for e in examples), "longest": longest}
     (target / PRETRAINING_REPORT).write_text(json.dumps(report))
 

@@ -14,10 +14,10 @@ from mindgap.config import ToyDistributionConfig
 
 GAIN, LOSE, GAIN_GROUPS, LOSE_GROUPS = "gain", "lose", "gain_groups", "lose_groups"
 
-# (name, subject pronoun, object pronoun, possessive)
+# (name, pronoun)
 PEOPLE = [
-    *((name, "she", "her", "her") for name in ("Mia", "Ava", "Zoe", "Lily", "Emma", "Nora", "Ruby", "Ella", "Iris")),
-    *((name, "he", "him", "his") for name in ("Leo", "Sam", "Max", "Ben", "Jack", "Owen", "Luke", "Noah", "Finn")),
+    *((name, "she") for name in ("Mia", "Ava", "Zoe", "Lily", "Emma", "Nora", "Ruby", "Ella", "Iris")),
+    *((name, "he") for name in ("Leo", "Sam", "Max", "Ben", "Jack", "Owen", "Luke", "Noah", "Finn")),
 ]
 ITEMS = ["marbles", "stickers", "apples", "cards", "shells", "stamps", "beads", "cookies", "pencils", "crayons"]
 CONTAINERS = ["boxes", "bags", "packs", "jars"]
@@ -42,9 +42,7 @@ FAMILY_EVENTS = {
 @dataclass(frozen=True)
 class Person:
     name: str
-    subject: str
-    object: str
-    possessive: str
+    pronoun: str
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,7 @@ class ToyProblem:
 
 
 def _clause(kind: str, family: str, person: Person, unit: str, amount: int, count: int, noun: str, rng: random.Random) -> str:
-    he = person.subject
+    he = person.pronoun
     if family == "money":
         options = {
             GAIN: [f"{he} earns {amount} dollars", f"{he} gets {amount} dollars"],

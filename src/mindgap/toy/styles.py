@@ -18,7 +18,7 @@ def native_solution(problem: ToyProblem) -> str:
     for event, before, after in zip(problem.events, totals[:-1], totals[1:], strict=True):
         told = event.sentence.removesuffix(".")
         sign = "+" if event.is_gain else "-"
-        total = f"so {person.subject} has {before} {sign} {event.size} = {after} {unit}."
+        total = f"so {person.pronoun} has {before} {sign} {event.size} = {after} {unit}."
         if event.is_group:
             lines.append(f"{told}, which is {event.count} * {event.amount} = {event.size} {unit}, {total}")
         else:
