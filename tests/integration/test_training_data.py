@@ -76,7 +76,7 @@ def test_training_on_the_awkward_records_has_finite_losses(tmp_path: Path, awkwa
 
 def test_fsdp_refuses_cpu_with_a_pointer_to_fsdp2(tmp_path: Path) -> None:
     config = _config(tmp_path, "strategy=fsdp", "train.strategy.accelerator=cpu", "train.strategy.devices=2")
-    with pytest.raises(ConfigError, match="fsdp .* runs on GPUs only; use strategy=fsdp2"):
+    with pytest.raises(ConfigError, match=r"fsdp .* runs on GPUs only; use strategy=fsdp2"):
         run_training(config, tmp_path, logger=None)
 
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mindgap.training.losses import source_ids, weight_rules, weighted_loss
 from mindgap.records import SOURCES
+from mindgap.training.losses import source_ids, weight_rules, weighted_loss
 from mindgap.training.stats import FIELDS, HISTOGRAM_EDGES, WeightSums, finish, weight_histogram, weight_sums
 
 LN2 = math.log(2.0)

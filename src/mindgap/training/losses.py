@@ -80,8 +80,8 @@ def weight_rules(loss: str, sources: torch.Tensor, expert_behavior: str = "unifo
 
     ``sft``: ONE for every row. ``dft``: UNIFORM for every row (logbeta = 0 whatever the source).
     ``is``: MODEL for ``self``, ``guided`` and ``rewritten`` rows (model-generated ids); ``expert`` rows
-    follow ``expert_behavior`` (``uniform`` -> UNIFORM, ``one`` -> ONE, ``model`` -> MODEL). ``sources`` is LongTensor[B]
-    from :func:`source_ids`.
+    follow ``expert_behavior`` (``uniform`` -> UNIFORM, ``one`` -> ONE, ``model`` -> MODEL).
+    ``sources`` is LongTensor[B] from :func:`source_ids`.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
