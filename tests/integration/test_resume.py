@@ -17,8 +17,9 @@ from mindgap.config import PROJECT_ROOT
 pytestmark = pytest.mark.slow
 
 # 16 raw expert records, micro-batch 2 on each of 2 ranks: 4 optimiser steps per epoch, 2 epochs.
-# A checkpoint every 3 steps; the interrupted run stops after its 5th step (mid second epoch), so the
-# resumed run starts from the step-3 checkpoint (mid first epoch) and crosses an epoch boundary.
+# A checkpoint every 3 steps; the resumed run starts from the step-3 checkpoint (mid first epoch),
+# as a preempted job would, and crosses an epoch boundary. A checkpoint is written when its step
+# ends, so what the later steps of the uninterrupted run do cannot change it.
 COMMON = [
     "experiment=smoke",
     "rewrite=none",
@@ -34,8 +35,8 @@ COMMON = [
 ]
 
 
-def _train(output_dir: Path, stop_after: int, *overrides: str) -> None:
-    job = [sys.executable, "-m", "tests.integration.interrupted_training", str(output_dir), str(stop_after)]
+def _train(output_dir: Path, *overrides: str) -> None:
+    job = [sys.executable, "-m", "tests.integration.logged_training", str(output_dir)]
     result = subprocess.run(
         [*job, *COMMON, *overrides],
         capture_output=True,
@@ -61,46 +62,41 @@ STRATEGIES = {
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_losses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, float]]:
-    losses = {}
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Output directory of the uninterrupted run of each strategy."""
+    runs = {}
     for name, overrides in STRATEGIES.items():
-        output_dir = tmp_path_factory.mktemp(f"full-{name}")
-        _train(output_dir, -1, *overrides)
-        losses[name] = _losses(output_dir)
-        losses[f"{name}/weights"] = output_dir / "model" / "model.safetensors"
-    return losses
+        runs[name] = tmp_path_factory.mktemp(f"full-{name}")
+        _train(runs[name], *overrides)
+    return runs
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_resumed_run_reproduces_the_uninterrupted_losses_and_weights(
-    tmp_path: Path, strategy: str, uninterrupted_losses: dict
+    tmp_path: Path, strategy: str, uninterrupted: dict[str, Path]
 ) -> None:
-    interrupted, resumed = tmp_path / "interrupted", tmp_path / "resumed"
-    _train(interrupted, 5, *STRATEGIES[strategy])
-    checkpoints = sorted(path.name for path in (interrupted / "checkpoints").iterdir())
-    assert checkpoints == ["step-000003.ckpt"]
-    _train(
-        resumed, -1, *STRATEGIES[strategy], f"train.checkpoint.resume={interrupted / 'checkpoints' / checkpoints[0]}"
-    )
+    full, resumed = uninterrupted[strategy], tmp_path / "resumed"
+    checkpoints = sorted(path.name for path in (full / "checkpoints").iterdir())
+    assert checkpoints == ["step-000003.ckpt", "step-000006.ckpt"]
+    _train(resumed, *STRATEGIES[strategy], f"train.checkpoint.resume={full / 'checkpoints' / checkpoints[0]}")
 
-    expected = uninterrupted_losses[strategy]
+    expected = _losses(full)
     assert sorted(expected) == list(range(8))
-    assert _losses(interrupted) == {step: expected[step] for step in range(5)}
     # CPU training is deterministic: the resumed steps are bit-identical to the uninterrupted ones.
     assert _losses(resumed) == {step: expected[step] for step in range(3, 8)}
-    full_weights = load_file(uninterrupted_losses[f"{strategy}/weights"])
+    full_weights = load_file(full / "model" / "model.safetensors")
     resumed_weights = load_file(resumed / "model" / "model.safetensors")
     assert full_weights.keys() == resumed_weights.keys()
     for name, tensor in full_weights.items():
         torch.testing.assert_close(resumed_weights[name], tensor, rtol=0, atol=0, msg=name)
 
 
-def test_fsdp2_with_chunked_head_and_recomputation_trains_like_ddp(uninterrupted_losses: dict) -> None:
-    ddp, fsdp2 = uninterrupted_losses["ddp"], uninterrupted_losses["fsdp2"]
+def test_fsdp2_with_chunked_head_and_recomputation_trains_like_ddp(uninterrupted: dict[str, Path]) -> None:
+    ddp, fsdp2 = _losses(uninterrupted["ddp"]), _losses(uninterrupted["fsdp2"])
     assert ddp.keys() == fsdp2.keys()
     # Same weights and data at step 0; afterwards only fp32 summation order differs.
     for step in ddp:
         assert fsdp2[step] == pytest.approx(ddp[step], rel=1e-5), step
-    ddp_weights, fsdp2_weights = (load_file(uninterrupted_losses[f"{name}/weights"]) for name in ("ddp", "fsdp2"))
+    ddp_weights, fsdp2_weights = (load_file(uninterrupted[name] / "model" / "model.safetensors") for name in STRATEGIES)
     for name, tensor in ddp_weights.items():
         torch.testing.assert_close(fsdp2_weights[name], tensor, rtol=1e-4, atol=1e-6, msg=name)

@@ -16,6 +16,7 @@ from mindgap.config import (
     to_typed,
 )
 from mindgap.errors import ConfigError
+from mindgap.pipeline import check_forgetting
 from tests.conftest import run_app_subprocess
 
 APPS = ("rewrite", "train", "eval", "pipeline")
@@ -44,6 +45,14 @@ def test_every_app_and_experiment_composes(app: str, experiment: str | None) -> 
     typed = to_typed(_compose(app, overrides), SCHEMAS.get(app, MindgapConfig))
     assert typed.output_dir == "/tmp/unused"
     assert typed.data_root.endswith("shared/data")
+    if app == "pipeline":
+        check_forgetting(typed)
+
+
+def test_forgetting_benchmarks_must_be_evaluated() -> None:
+    typed = to_typed(_compose("pipeline", ["experiment=demo", "pipeline.forgetting_benchmarks=[mmlu]"]), MindgapConfig)
+    with pytest.raises(ConfigError, match="mmlu not among the evaluated benchmarks"):
+        check_forgetting(typed)
 
 
 @pytest.mark.parametrize("app", APPS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mindgap.config import DataConfig, FieldsConfig
-from mindgap.data.sources import data_config, gold_answer, load_problems
+from mindgap.data.sources import CHOICE_REQUEST, data_config, gold_answer, load_problems
 from mindgap.errors import ConfigError, DataError
 
 # (data config, records, first id, first gold answer, first record has an expert solution)
@@ -156,3 +156,48 @@ def test_invalid_json_names_file_and_line(tmp_path: Path) -> None:
     config = DataConfig(name="broken", path=str(tmp_path / "broken.jsonl"), fields=USER_FIELDS)
     with pytest.raises(DataError, match=r"broken\.jsonl:2 is not valid JSON"):
         load_problems(config, data_root="/unused")
+
+
+# MMLU keeps options as a list and the answer as an index; ARC as {label, text} and the answer as a label
+# that may be a digit. Both become "A. ..." lines and a letter.
+CHOICE_ROWS = [
+    {"id": "mmlu", "question": "2 + 2 =", "options": ["3", "4", "5"], "key": 1},
+    {"id": "arc-letters", "question": "Sky?", "options": {"label": ["A", "B"], "text": ["blue", "green"]}, "key": "A"},
+    {"id": "arc-digits", "question": "Sea", "options": {"label": ["1", "2", "3"], "text": ["x", "y", "z"]}, "key": "3"},
+]
+CHOICE_FIELDS = FieldsConfig(id="id", problem="question", solution=None, answer="key", choices="options")
+
+
+def test_multiple_choice_options_become_lettered_lines(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "mc.jsonl", CHOICE_ROWS)
+    config = DataConfig(name="mc", path=str(tmp_path / "mc.jsonl"), fields=CHOICE_FIELDS, answer_format="choice")
+    problems = load_problems(config, data_root="/unused").problems
+    ask = f"\n\n{CHOICE_REQUEST}"
+    assert [(p.problem, p.answer) for p in problems] == [
+        ("2 + 2 =\n\nA. 3\nB. 4\nC. 5" + ask, "B"),
+        ("Sky?\n\nA. blue\nB. green" + ask, "A"),
+        ("Sea\n\nA. x\nB. y\nC. z" + ask, "C"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"id": "out", "question": "q", "options": ["a", "b"], "key": 2}, "no gold answer in field 'key'"),
+        ({"id": "none", "question": "q", "options": [], "key": 0}, "field 'options' holds no options"),
+        (
+            {"id": "odd", "question": "q", "options": {"label": ["A"], "text": ["a", "b"]}, "key": "A"},
+            "field 'options' holds no options",
+        ),
+    ],
+)
+def test_bad_multiple_choice_records_name_the_record(tmp_path: Path, row: dict, reason: str) -> None:
+    _write_jsonl(tmp_path / "mc.jsonl", [row])
+    config = DataConfig(name="mc", path=str(tmp_path / "mc.jsonl"), fields=CHOICE_FIELDS, answer_format="choice")
+    with pytest.raises(DataError, match=f"record mc/{row['id']}: {reason}"):
+        load_problems(config, data_root="/unused")
+
+
+def test_choice_format_and_choices_field_go_together() -> None:
+    with pytest.raises(ConfigError, match=r"answer_format=choice needs data\.fields\.choices"):
+        DataConfig(name="mc", path="x.jsonl", fields=FieldsConfig(answer="key"), answer_format="choice")

@@ -53,7 +53,7 @@ STYLE_TABLE = [
                 _event(LOSE, 2, "First, she gives away 2 beads."),
                 _event(GAIN, 8, "Second, she gets 8 more beads."),
                 _event(LOSE_GROUPS, 3, "Third, she gives 2 friends 3 beads each.", 2, "friends"),
-                _event(GAIN_GROUPS, 13, "Fourth, she buys 4 jars of 13 beads.", 4, "jars"),
+                _event(GAIN_GROUPS, 13, "Fourth, she gets 4 bags of 13 beads.", 4, "bags"),
             ),
             "",
         ),
@@ -61,15 +61,18 @@ STYLE_TABLE = [
         "First, she gives away 2 beads, so she has 3 - 2 = 1 beads.\n"
         "Second, she gets 8 more beads, so she has 1 + 8 = 9 beads.\n"
         "Third, she gives 2 friends 3 beads each, which is 2 * 3 = 6 beads, so she has 9 - 6 = 3 beads.\n"
-        "Fourth, she buys 4 jars of 13 beads, which is 4 * 13 = 52 beads, so she has 3 + 52 = 55 beads.\n"
+        "Fourth, she gets 4 bags of 13 beads, which is 4 * 13 = 52 beads, so she has 3 + 52 = 55 beads.\n"
         "So Mia has 55 beads now. The answer is \\boxed{55}.",
-        "$2 \\cdot 3 = 6$, $4 \\cdot 13 = 52$.\n"
-        "$3 - 2 = 1$, $1 + 8 = 9$, $9 - 6 = 3$, $3 + 52 = 55$.\n"
-        "$\\boxed{55}$",
+        "$2 \\cdot 3 = 6$, $4 \\cdot 13 = 52$.\n$3 - 2 = 1$, $1 + 8 = 9$, $9 - 6 = 3$, $3 + 52 = 55$.\n$\\boxed{55}$",
     ),
     (
         ToyProblem(
-            "money", MIA, "dollars", 20, (_event(LOSE_GROUPS, 4, "First, she buys 3 pens for 4 dollars each.", 3, "pens"),), ""
+            "money",
+            MIA,
+            "dollars",
+            20,
+            (_event(LOSE_GROUPS, 4, "First, she buys 3 pens for 4 dollars each.", 3, "pens"),),
+            "",
         ),
         "Mia has 20 dollars.\n"
         "First, she buys 3 pens for 4 dollars each, which is 3 * 4 = 12 dollars, so she has 20 - 12 = 8 dollars.\n"
@@ -88,11 +91,11 @@ def test_styles_written_from_the_structure(problem: ToyProblem, native: str, exp
 _NUMBER = r"(\d+)"
 # Sentence patterns of the problem text -> change of the quantity, recomputed without the generator.
 _CHANGES = [
-    (re.compile(rf"(?:finds|buys|gets) {_NUMBER} more \w+\.$"), lambda a: a),
-    (re.compile(rf"(?:earns|gets) {_NUMBER} dollars\.$"), lambda a: a),
-    (re.compile(rf"(?:loses|gives away|sells) {_NUMBER} \w+\.$"), lambda a: -a),
-    (re.compile(rf"(?:spends|pays) {_NUMBER} dollars\.$"), lambda a: -a),
-    (re.compile(rf"buys {_NUMBER} \w+ of {_NUMBER} \w+\.$"), lambda c, s: c * s),
+    (re.compile(rf"(?:finds|gets) {_NUMBER} more \w+\.$"), lambda a: a),
+    (re.compile(rf"earns {_NUMBER} dollars\.$"), lambda a: a),
+    (re.compile(rf"(?:loses|gives away) {_NUMBER} \w+\.$"), lambda a: -a),
+    (re.compile(rf"spends {_NUMBER} dollars\.$"), lambda a: -a),
+    (re.compile(rf"gets {_NUMBER} \w+ of {_NUMBER} \w+\.$"), lambda c, s: c * s),
     (re.compile(rf"gives {_NUMBER} friends {_NUMBER} \w+ each\.$"), lambda c, s: -c * s),
     (re.compile(rf"sells {_NUMBER} \w+ for {_NUMBER} dollars each\.$"), lambda c, p: c * p),
     (re.compile(rf"buys {_NUMBER} \w+ for {_NUMBER} dollars each\.$"), lambda c, p: -c * p),
@@ -198,9 +201,9 @@ def test_limit_and_world_overrides(tmp_path) -> None:
 
 
 def test_bad_toy_configs_fail_with_the_key() -> None:
-    with pytest.raises(ConfigError, match="format=toy needs data.toy"):
+    with pytest.raises(ConfigError, match=r"format=toy needs data\.toy"):
         DataConfig(name="x", format="toy", path="toy", split="target_train")
-    with pytest.raises(ConfigError, match="data.split='train' is not one of"):
+    with pytest.raises(ConfigError, match=r"data\.split='train' is not one of"):
         DataConfig(name="x", format="toy", path="toy", toy=ToyDataConfig())
     with pytest.raises(ConfigError, match="step_weights"):
         ToyDistributionConfig(steps=[1, 2], step_weights=[1.0])

@@ -112,6 +112,42 @@ def gold_answer(value: Any, answer_format: str) -> str:
     raise ConfigError(f"data.answer_format={answer_format!r} is not supported")
 
 
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def options(value: Any) -> tuple[list[str], list[str]]:
+    """(labels the source gives its options, option texts) of a multiple-choice field; ([], []) when malformed."""
+    if isinstance(value, dict):
+        texts = [str(text) for text in value.get("text") or []]
+        labels = [str(label) for label in value.get("label") or LETTERS[: len(texts)]]
+    elif isinstance(value, list):
+        texts = [str(text) for text in value]
+        labels = list(LETTERS[: len(texts)])
+    else:
+        return [], []
+    if not texts or len(labels) != len(texts) or len(texts) > len(LETTERS):
+        return [], []
+    return labels, texts
+
+
+def choice_answer(value: Any, labels: list[str]) -> str:
+    """The letter of the right option: ``value`` is a label of the source or an index from 0; empty if neither."""
+    if isinstance(value, str) and value.strip() in labels:
+        return LETTERS[labels.index(value.strip())]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
+        return LETTERS[value]
+    return ""
+
+
+# The gold answer is the letter, so the question asks for the letter rather than the option's text.
+CHOICE_REQUEST = "Answer with the letter of the correct option."
+
+
+def with_options(problem: str, texts: list[str]) -> str:
+    lines = "\n".join(f"{letter}. {text}" for letter, text in zip(LETTERS, texts, strict=False))
+    return f"{problem}\n\n{lines}\n\n{CHOICE_REQUEST}"
+
+
 def _solution(value: Any, solution_format: str) -> str | None:
     if value is None:
         return None
@@ -127,13 +163,21 @@ def _to_problem(row: dict[str, Any], index: int, data: DataConfig) -> Problem:
     fields = data.fields
     raw_id = row.get(fields.id) if fields.id else index
     record_id = f"{data.name}/{raw_id if raw_id is not None else index}"
-    for name, column in (("problem", fields.problem), ("answer", fields.answer), ("solution", fields.solution)):
+    for name in ("problem", "answer", "solution", "choices"):
+        column = getattr(fields, name)
         if column is not None and column not in row:
             raise DataError(f"record {record_id}: missing field '{column}' (data.fields.{name})")
     problem = str(row[fields.problem] or "").strip()
     if not problem:
         raise DataError(f"record {record_id}: field '{fields.problem}' is empty")
-    answer = gold_answer(row[fields.answer], data.answer_format)
+    if fields.choices is not None:
+        labels, texts = options(row[fields.choices])
+        if not texts:
+            raise DataError(f"record {record_id}: field '{fields.choices}' holds no options (data.fields.choices)")
+        problem = with_options(problem, texts)
+        answer = choice_answer(row[fields.answer], labels)
+    else:
+        answer = gold_answer(row[fields.answer], data.answer_format)
     if not answer:
         raise DataError(
             f"record {record_id}: no gold answer in field '{fields.answer}' (answer_format={data.answer_format})"

@@ -20,8 +20,8 @@ PEOPLE = [
     *((name, "he") for name in ("Leo", "Sam", "Max", "Ben", "Jack", "Owen", "Luke", "Noah", "Finn")),
 ]
 ITEMS = ["marbles", "stickers", "apples", "cards", "shells", "stamps", "beads", "cookies", "pencils", "crayons"]
-CONTAINERS = ["boxes", "bags", "packs", "jars"]
-THINGS = ["notebooks", "books", "tickets", "toys", "pens", "plants"]
+CONTAINERS = ["boxes", "bags"]
+THINGS = ["books", "pens", "toys"]
 
 # Each event sentence starts with its ordinal, so that a solution can find the k-th event by name
 # (a small model learns this kind of lookup far sooner than counting sentences).
@@ -101,20 +101,23 @@ class ToyProblem:
         return self.running_totals()[-1]
 
 
-def _clause(kind: str, family: str, person: Person, unit: str, amount: int, count: int, noun: str, rng: random.Random) -> str:
+def _clause(
+    kind: str, family: str, person: Person, unit: str, amount: int, count: int, noun: str, rng: random.Random
+) -> str:
     he = person.pronoun
+    # A verb means a gain or a loss in every family, so the sign never depends on what is counted.
     if family == "money":
         options = {
-            GAIN: [f"{he} earns {amount} dollars", f"{he} gets {amount} dollars"],
-            LOSE: [f"{he} spends {amount} dollars", f"{he} pays {amount} dollars"],
+            GAIN: [f"{he} earns {amount} dollars"],
+            LOSE: [f"{he} spends {amount} dollars"],
             GAIN_GROUPS: [f"{he} sells {count} {noun} for {amount} dollars each"],
             LOSE_GROUPS: [f"{he} buys {count} {noun} for {amount} dollars each"],
         }
     else:
         options = {
-            GAIN: [f"{he} finds {amount} more {unit}", f"{he} buys {amount} more {unit}", f"{he} gets {amount} more {unit}"],
-            LOSE: [f"{he} loses {amount} {unit}", f"{he} gives away {amount} {unit}", f"{he} sells {amount} {unit}"],
-            GAIN_GROUPS: [f"{he} buys {count} {noun} of {amount} {unit}"],
+            GAIN: [f"{he} finds {amount} more {unit}", f"{he} gets {amount} more {unit}"],
+            LOSE: [f"{he} loses {amount} {unit}", f"{he} gives away {amount} {unit}"],
+            GAIN_GROUPS: [f"{he} gets {count} {noun} of {amount} {unit}"],
             LOSE_GROUPS: [f"{he} gives {count} friends {amount} {unit} each"],
         }
     return rng.choice(options[kind])

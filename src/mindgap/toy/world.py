@@ -23,7 +23,7 @@ from mindgap.toy.problems import ToyProblem, draw_problem
 from mindgap.toy.styles import expert_solution, native_solution
 
 # Bump when generation or the solution styles change, so that old files are not reused.
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 HELD_OUT, TARGET_TRAIN, PRETRAINING = "held_out", "target_train", "pretraining"
 
 # Split name -> (distribution, part of the problem space).
