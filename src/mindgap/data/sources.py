@@ -115,7 +115,7 @@ def gold_answer(value: Any, answer_format: str) -> str:
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def options(value: Any) -> tuple[list[str], list[str]]:
+def choice_options(value: Any) -> tuple[list[str], list[str]]:
     """(labels the source gives its options, option texts) of a multiple-choice field; ([], []) when malformed."""
     if isinstance(value, dict):
         texts = [str(text) for text in value.get("text") or []]
@@ -171,7 +171,7 @@ def _to_problem(row: dict[str, Any], index: int, data: DataConfig) -> Problem:
     if not problem:
         raise DataError(f"record {record_id}: field '{fields.problem}' is empty")
     if fields.choices is not None:
-        labels, texts = options(row[fields.choices])
+        labels, texts = choice_options(row[fields.choices])
         if not texts:
             raise DataError(f"record {record_id}: field '{fields.choices}' holds no options (data.fields.choices)")
         problem = with_options(problem, texts)
