@@ -21,7 +21,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from mindgap.config import TinyModelConfig
+from mindgap.config import TinyModelConfig, ToyModelConfig
 from mindgap.data.sources import data_config, load_problems
 from mindgap.prompts import GUIDED_REQUEST, TEMPLATES
 
@@ -87,26 +87,19 @@ def train_tokenizer(texts: list[str], vocab_size: int, split_digits: bool = Fals
 
 
 def new_qwen2_model(
-    tokenizer: PreTrainedTokenizerFast,
-    *,
-    hidden_size: int,
-    intermediate_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    num_key_value_heads: int,
-    max_position_embeddings: int,
-    seed: int,
+    tokenizer: PreTrainedTokenizerFast, spec: TinyModelConfig | ToyModelConfig, seed: int
 ) -> Qwen2ForCausalLM:
-    """A freshly initialised Qwen2-architecture LM for ``tokenizer`` (tied embeddings; stops at <|im_end|>)."""
+    """A freshly initialised Qwen2-architecture LM of ``spec``'s shape for ``tokenizer`` (tied embeddings;
+    stops at <|im_end|>)."""
     eos_id, pad_id = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        max_position_embeddings=max_position_embeddings,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=eos_id,
@@ -147,16 +140,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
 
 def _build(spec: TinyModelConfig, texts: list[str], target: Path) -> None:
     tokenizer = train_tokenizer(texts, spec.vocab_size)
-    model = new_qwen2_model(
-        tokenizer,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        seed=spec.seed,
-    )
+    model = new_qwen2_model(tokenizer, spec, seed=spec.seed)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     (target / "recipe.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))

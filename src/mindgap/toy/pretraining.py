@@ -174,16 +174,7 @@ def pretrain(model: torch.nn.Module, examples: list[PretrainingExample], spec: T
 
 def _build(spec: ToyModelConfig, target: Path) -> None:
     tokenizer = train_tokenizer(tokenizer_texts(spec), spec.vocab_size, split_digits=True)
-    model = new_qwen2_model(
-        tokenizer,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        seed=spec.pretraining.seed,
-    )
+    model = new_qwen2_model(tokenizer, spec, seed=spec.pretraining.seed)
     examples = pretraining_examples(spec, tokenizer)
     longest = max(example.length for example in examples)
     if longest > spec.max_position_embeddings:
