@@ -466,10 +466,11 @@ class MindgapLoop:
                 self.model, batch.input_ids, batch.attention_mask, batch.labels, self.chunk_size
             )
         sources = source_ids(batch.sources, device=logprobs.device)
+        rules = weight_rules("dft", sources)
         result = weighted_loss(
             logprobs,
             mask,
-            weight_rules("dft", sources),
+            rules,
             batch.behavior_logprobs[:, 1:],
             num_step_tokens=batch.loss_tokens,
         )
@@ -477,7 +478,7 @@ class MindgapLoop:
         if not torch.isfinite(result.loss):
             raise RuntimeError(f"non-finite loss {result.loss.item()}")
         self.weight_sums = WeightSums.zeros(device).merge(
-            weight_sums(result.weights, result.log_ratio, result.clipped, mask, sources)
+            weight_sums(result.weights, result.log_ratio, result.clipped, mask, sources, rules)
         )
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)

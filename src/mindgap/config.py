@@ -644,7 +644,9 @@ class LossConfig:
     # sft: w = 1 | dft: w = sg(p) | is: w = sg(p) / beta, from the records' behaviour log-probs.
     name: str = "sft"
     clip: ClipConfig = field(default_factory=ClipConfig)
-    # token: one weight per token | sequence: w = exp(mean log-ratio) for the whole response.
+    # token: one weight per token | sequence: w = exp(mean_t l_t) for the whole response, the
+    # geometric mean of the token ratios (length-normalised, as in GSPO and iw-SFT), not the
+    # product ratio prod_t pi_theta / beta, whose variance grows exponentially with length.
     level: str = "token"
     # is, expert records: uniform (beta = 1, the DFT weight) | one (w = 1) | model (beta = pi_0, unguided prompt)
     expert_behavior: str = "uniform"
@@ -677,13 +679,8 @@ class StrategyConfig:
     # Devices (processes) per node.
     devices: int = 1
     num_nodes: int = 1
-    # Lightning precision string: 32-true | bf16-mixed | bf16-true | 16-mixed. fsdp2 keeps 32-true
-    # and computes in ``param_dtype`` instead.
-    precision: str = "32-true"
-    # fsdp2 / fsdp: dtype parameters are gathered and computed in (sharded masters stay fp32);
-    # auto: bfloat16 on GPUs, float32 on CPU.
-    param_dtype: str = "auto"
-    # fsdp2 / fsdp: dtype gradients are reduced across ranks in.
+    # fsdp2 / fsdp: dtype gradients are reduced across ranks in (ddp reduces the gradients of its
+    # parameters, fp32 unless train.precision=bf16-true).
     reduce_dtype: str = "float32"
     # Recompute each decoder layer's activations in the backward pass (any strategy).
     activation_checkpointing: bool = False
@@ -691,18 +688,11 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         _require_choice("train.strategy.name", self.name, ("single", "ddp", "ddp_spawn", "fsdp2", "fsdp"))
         _require_choice("train.strategy.accelerator", self.accelerator, ("cpu", "gpu", "auto"))
-        _require_choice("train.strategy.precision", self.precision, ("32-true", "bf16-mixed", "bf16-true", "16-mixed"))
-        _require_choice("train.strategy.param_dtype", self.param_dtype, ("auto", "float32", "bfloat16"))
         _require_choice("train.strategy.reduce_dtype", self.reduce_dtype, ("float32", "bfloat16"))
         _require_positive("train.strategy.devices", self.devices)
         _require_positive("train.strategy.num_nodes", self.num_nodes)
         if self.name == "single" and self.devices * self.num_nodes != 1:
             raise ConfigError("train.strategy: name=single runs on one device; use strategy=ddp for more")
-        if self.name in ("fsdp2", "fsdp") and self.precision != "32-true":
-            raise ConfigError(
-                f"train.strategy: {self.name} sets its own mixed precision; keep precision=32-true and set"
-                " param_dtype / reduce_dtype"
-            )
 
     @property
     def world_size(self) -> int:
@@ -742,6 +732,14 @@ class TrainConfig:
     # Optimiser steps; null trains for max_epochs.
     max_steps: int | None = None
     max_epochs: int = 1
+    # Numerics (README "Training": precision): auto | 32-true | bf16-mixed | bf16-true.
+    #   bf16-mixed: fp32 master weights and AdamW state, bf16 compute (single / ddp: autocast;
+    #     fsdp2: MixedPrecisionPolicy gathering bf16 from fp32 shards; fsdp: FSDP1 MixedPrecision).
+    #   bf16-true: bf16 weights and optimiser state; an update below half a bf16 ulp is lost (at lr
+    #     5e-5 most weights near 0.02 never move). Choose it knowingly, for memory.
+    #   auto: bf16-mixed on GPUs, 32-true on CPU.
+    # model.dtype does not set it: that is the dtype of rewriting, evaluation and the exported model.
+    precision: str = "auto"
     # Prompt + response tokens.
     max_length: int = 2048
     # Records longer than max_length: truncate (cut the response's end) | drop (leave the record
@@ -757,8 +755,22 @@ class TrainConfig:
     histogram_every_n_steps: int | None = 50
     # A rich progress bar on rank zero.
     progress_bar: bool = True
+    # Validation data (a data config, e.g. ``data@train.val: math500``): val/loss is the per-token
+    # SFT loss of its reference solutions under the standard prompt. Null: no validation data.
+    val: DataConfig | None = None
+    # Or hold out this share of the training records (chosen by a hash of the record id, so every
+    # variant holds out the same problems): val/loss on their reference solutions and
+    # val/<source>/loss on their rewritten responses. Exclusive with ``val``.
+    val_share: float | None = None
+    # Validate every N optimiser steps and after the last one.
+    val_every_n_steps: int = 50
 
     def __post_init__(self) -> None:
+        _require_choice("train.precision", self.precision, ("auto", "32-true", "bf16-mixed", "bf16-true"))
+        if self.val is not None and self.val_share is not None:
+            raise ConfigError("train: set one of train.val (a data config) and train.val_share, not both")
+        if self.val_share is not None and not 0 < self.val_share < 1:
+            raise ConfigError(f"train.val_share={self.val_share} must be in (0, 1)")
         for name in (
             "micro_batch_size",
             "accumulate_grad_batches",
@@ -769,6 +781,7 @@ class TrainConfig:
             "logits_chunk_size",
             "log_every_n_steps",
             "histogram_every_n_steps",
+            "val_every_n_steps",
         ):
             _require_positive(f"train.{name}", getattr(self, name))
         _require_choice("train.overlong", self.overlong, ("truncate", "drop"))

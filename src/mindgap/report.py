@@ -29,7 +29,7 @@ COMPOSITION_CSV = "composition.csv"
 # Per-token log-probs under the initial model are binned on [-20, 0]; lower values join the first bin.
 LOGPROB_EDGES = np.linspace(-20.0, 0.0, 41)
 # The training metrics the report keeps (all of them for the importance weights).
-TRAINING_PREFIXES = ("train/", "is/")
+TRAINING_PREFIXES = ("train/", "val/", "is/")
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mindgap.records import SOURCES
-from mindgap.training.losses import source_ids, weight_rules, weighted_loss
+from mindgap.training.losses import WeightRule, source_ids, weight_rules, weighted_loss
 from mindgap.training.stats import FIELDS, HISTOGRAM_EDGES, WeightSums, finish, weight_histogram, weight_sums
 
 LN2 = math.log(2.0)
@@ -19,12 +19,14 @@ def _hand_batch() -> tuple[torch.Tensor, ...]:
     # Row 0 (self): w = (2, 1/2, 1) after truncation at c_max = 2, l = (2 ln 2, -ln 2, 0), first token clipped.
     # Row 1 (expert): w = (1, 1), l = (0, 0), one padding position.
     # Row 2 (guided): padding only. Padding holds garbage that must be ignored.
+    # Rows 0 and 2 are weighed against a behaviour policy (MODEL), row 1 has w = 1 (ONE).
     # float64 inputs so that the comparison can be exact to 1e-12.
     weights = torch.tensor([[2.0, 0.5, 1.0], [1.0, 1.0, INF], [NAN, 3.0, 4.0]], dtype=torch.float64)
     log_ratio = torch.tensor([[2 * LN2, -LN2, 0.0], [0.0, 0.0, NAN], [INF, 1.0, 1.0]], dtype=torch.float64)
     clipped = torch.tensor([[True, False, False], [False, False, True], [True, True, True]])
     mask = torch.tensor([[True, True, True], [True, True, False], [False, False, False]])
-    return weights, log_ratio, clipped, mask, source_ids(["self", "expert", "guided"])
+    rules = torch.tensor([WeightRule.MODEL, WeightRule.ONE, WeightRule.MODEL])
+    return weights, log_ratio, clipped, mask, source_ids(["self", "expert", "guided"]), rules
 
 
 def test_hand_computed_statistics() -> None:
@@ -40,23 +42,23 @@ def test_hand_computed_statistics() -> None:
         "is/self/ess": 7 / 9,
         "is/self/clipped_frac": 1 / 3,
         "is/self/log_ratio_mean": LN2 / 3,
-        # expert: N = 2, every w = 1: mean 1, var 0, max 1, ESS 1, nothing clipped, mean l = 0.
+        # expert: N = 2, every w = 1: mean 1, var 0, max 1, ESS 1, nothing clipped; w = 1 by rule
+        # (ONE), so it has no log-ratio to report.
         "is/expert/tokens": 2.0,
         "is/expert/weight_mean": 1.0,
         "is/expert/weight_var": 0.0,
         "is/expert/weight_max": 1.0,
         "is/expert/ess": 1.0,
         "is/expert/clipped_frac": 0.0,
-        "is/expert/log_ratio_mean": 0.0,
         # all: N = 5, sum w = 11/2, sum w^2 = 29/4. mean = 11/10; var = 29/20 - 121/100 = 24/100;
-        # ESS = (121/4) / (5 * 29/4) = 121/145; clipped 1/5; mean l = ln 2 / 5.
+        # ESS = (121/4) / (5 * 29/4) = 121/145; clipped 1/5; mean l over the 3 MODEL tokens = ln 2 / 3.
         "is/all/tokens": 5.0,
         "is/all/weight_mean": 1.1,
         "is/all/weight_var": 0.24,
         "is/all/weight_max": 2.0,
         "is/all/ess": 121 / 145,
         "is/all/clipped_frac": 0.2,
-        "is/all/log_ratio_mean": LN2 / 5,
+        "is/all/log_ratio_mean": LN2 / 3,
     }
     # guided has no loss token: its keys are omitted rather than NaN.
     assert stats.keys() == expected.keys()
@@ -69,8 +71,8 @@ def test_sums_layout_for_the_reduction() -> None:
     assert sums.sums.shape == (len(SOURCES), len(FIELDS)) and sums.sums.dtype == torch.float64
     # Rows follow SOURCES; columns follow FIELDS. Sources without tokens hold zeros.
     expected = torch.zeros(len(SOURCES), len(FIELDS), dtype=torch.float64)
-    expected[SOURCES.index("self")] = torch.tensor([3.0, 3.5, 5.25, 1.0, LN2])
-    expected[SOURCES.index("expert")] = torch.tensor([2.0, 2.0, 2.0, 0.0, 0.0])
+    expected[SOURCES.index("self")] = torch.tensor([3.0, 3.5, 5.25, 1.0, 3.0, LN2, 0.0, 0.0])
+    expected[SOURCES.index("expert")] = torch.tensor([2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     torch.testing.assert_close(sums.sums, expected)
     expected_maxima = torch.zeros(len(SOURCES), dtype=torch.float64)
     expected_maxima[SOURCES.index("self")], expected_maxima[SOURCES.index("expert")] = 2.0, 1.0
@@ -87,7 +89,27 @@ def _random_batch(seed: int) -> tuple[torch.Tensor, ...]:
     sources = source_ids(["self", "guided", "expert", "self", "guided", "expert", "self", "guided"])
     rules = weight_rules("is", sources, "uniform")
     out = weighted_loss(logp, mask, rules, log_beta, num_step_tokens=mask.sum(), clip_max=3.0, clip_min=0.1)
-    return out.weights, out.log_ratio, out.clipped, mask, sources
+    return out.weights, out.log_ratio, out.clipped, mask, sources, rules
+
+
+def test_dft_style_rows_report_their_mean_logprob_not_a_log_ratio() -> None:
+    # Under loss=is with expert_behavior=uniform, expert rows get w = sg(p): l = log p - 0.
+    # Row 0 (expert, UNIFORM): p = (1/2, 1/4), so mean log p = (-ln 2 - 2 ln 2) / 2 = -3/2 ln 2.
+    # Row 1 (self, MODEL): l = (ln 2, 0), mean l = ln 2 / 2.
+    logp = torch.tensor([[-LN2, -2 * LN2], [-LN2, -LN2]], dtype=torch.float64)
+    log_beta = torch.tensor([[0.0, 0.0], [-2 * LN2, -LN2]], dtype=torch.float64)
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    sources = source_ids(["expert", "self"])
+    rules = weight_rules("is", sources, "uniform")
+    out = weighted_loss(logp, mask, rules, log_beta, num_step_tokens=4)
+    stats = finish(weight_sums(out.weights, out.log_ratio, out.clipped, mask, sources, rules))
+    # The loss computes l in fp32.
+    assert stats["is/expert/logprob_mean"] == pytest.approx(-1.5 * LN2, abs=1e-6)
+    assert "is/expert/log_ratio_mean" not in stats
+    assert stats["is/self/log_ratio_mean"] == pytest.approx(LN2 / 2, abs=1e-6)
+    assert "is/self/logprob_mean" not in stats
+    assert stats["is/all/logprob_mean"] == pytest.approx(-1.5 * LN2, abs=1e-6)
+    assert stats["is/all/log_ratio_mean"] == pytest.approx(LN2 / 2, abs=1e-6)
 
 
 @pytest.mark.parametrize("split", [1, 3, 5, 7])
@@ -112,14 +134,15 @@ def test_merged_sums_equal_the_whole(split: int) -> None:
 def test_empty_groups_and_zero_weights_never_nan() -> None:
     # No loss token at all: nothing to report.
     ones, nowhere = torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.bool)
-    assert finish(weight_sums(ones, ones, nowhere, nowhere, source_ids(["self", "expert"]))) == {}
+    model = torch.tensor([WeightRule.MODEL, WeightRule.MODEL])
+    assert finish(weight_sums(ones, ones, nowhere, nowhere, source_ids(["self", "expert"]), model)) == {}
     assert finish(WeightSums.zeros()) == {}
     empty, no_mask = torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.bool)
-    assert finish(weight_sums(empty, empty, no_mask, no_mask, source_ids([]))) == {}
+    assert finish(weight_sums(empty, empty, no_mask, no_mask, source_ids([]), model[:0])) == {}
     # Every weight masked out by clipping (mask mode): mean 0, var 0, ESS reported as 0, all clipped.
     everywhere = torch.ones(1, 2, dtype=torch.bool)
     zero_weights = weight_sums(
-        torch.zeros(1, 2), torch.full((1, 2), 3.0), everywhere, everywhere, source_ids(["guided"])
+        torch.zeros(1, 2), torch.full((1, 2), 3.0), everywhere, everywhere, source_ids(["guided"]), model[:1]
     )
     stats = finish(zero_weights)
     assert stats["is/guided/weight_mean"] == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,14 +14,24 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from mindgap.config import MindgapConfig
-from mindgap.data.batching import StepBatchSampler
+from mindgap.data.batching import StepBatchSampler, ValidationBatchSampler
 from mindgap.data.collate import Collator, TokenizedExample, tokenize_record
+from mindgap.data.sources import load_problems
 from mindgap.errors import ConfigError, DataError
 from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.rewriting.expert import normalize_expert_solution
 from mindgap.rewriting.run import DATASET_DIR
 
 REWRITE_DIR = "rewrite"
 DATA_REPORT = "data_report.json"
+# Source label of validation examples that are a problem's reference (expert) solution: val/loss.
+REFERENCE = "reference"
+
+
+def held_out(problem: str, seed: int, share: float) -> bool:
+    """Whether ``train.val_share`` holds this problem out: a hash of its text, the same in every variant."""
+    digest = hashlib.sha256(f"{seed}\0{problem}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2**64
 
 
 class RewrittenDataModule(LightningDataModule):
@@ -41,6 +52,8 @@ class RewrittenDataModule(LightningDataModule):
         given = config.train.dataset_path
         self.dataset_path = Path(given) if given is not None else self.rewrite_dir / DATASET_DIR
         self.examples: list[TokenizedExample] = []
+        # Validation examples: reference solutions (source ``reference``) and held-out rewritten records.
+        self.val_examples: list[TokenizedExample] = []
         # What setup trained on and left out (also written to <output_dir>/data_report.json).
         self.report: dict[str, Any] = {}
 
@@ -68,7 +81,11 @@ class RewrittenDataModule(LightningDataModule):
             ]
         left_out: dict[str, list[str]] = {"empty_response": [], "overlong_dropped": [], "no_response_fits": []}
         truncated: list[str] = []
+        held_out_rows = []
         for row in dataset:
+            if train.val_share is not None and held_out(row["problem"], self.config.seed, train.val_share):
+                held_out_rows.append(row)
+                continue
             example = tokenize_record(row, tokenizer, self.config.prompt_type, train.max_length, behavior_field)
             if example.truncated_tokens and train.overlong == "drop":
                 left_out["overlong_dropped"].append(example.id)
@@ -80,29 +97,93 @@ class RewrittenDataModule(LightningDataModule):
                 if example.truncated_tokens:
                     truncated.append(example.id)
                 self.examples.append(example)
+        if not self.examples:
+            raise DataError(f"dataset {self.dataset_path}: no record has a response token to train on")
+        self.val_examples = self._validation_examples(tokenizer, held_out_rows)
+        sampler = self._sampler()
         self.report = {
             "dataset": str(self.dataset_path),
             "records": len(dataset),
             "trained": len(self.examples),
             "truncated": {"count": len(truncated), "ids": truncated},
             "left_out": {reason: {"count": len(ids), "ids": ids} for reason, ids in left_out.items()},
+            "held_out_for_validation": {"count": len(held_out_rows), "ids": [row["id"] for row in held_out_rows]},
+            "validation_examples": {
+                source: sum(example.source == source for example in self.val_examples)
+                for source in sorted({example.source for example in self.val_examples})
+            },
             "max_length": train.max_length,
             "overlong": train.overlong,
+            # Every trained record is in exactly one step of each epoch; the last step may be smaller.
+            "steps_per_epoch": sampler.steps_per_epoch(),
+            "records_per_step": train.micro_batch_size * train.accumulate_grad_batches * sampler.world_size,
         }
         if self.trainer is None or self.trainer.is_global_zero:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / DATA_REPORT).write_text(json.dumps(self.report, indent=2) + "\n")
-        if not self.examples:
-            raise DataError(f"dataset {self.dataset_path}: no record has a response token to train on ({DATA_REPORT})")
         self.collator = Collator(tokenizer.pad_token_id)
 
+    def _validation_examples(self, tokenizer, held_out_rows: list[dict[str, Any]]) -> list[TokenizedExample]:
+        """Reference solutions of ``train.val`` or of the held-out problems, then the held-out responses."""
+        train = self.config.train
+        if train.val is not None:
+            problems = load_problems(train.val, self.config.data_root, strict=True, cache_dir=self.config.cache_dir)
+            references = [
+                {"id": p.id, "problem": p.problem, "answer": p.answer, "expert_solution": p.expert_solution}
+                for p in problems.problems
+                if p.expert_solution
+            ]
+            if not references:
+                raise DataError(f"train.val={train.val.name}: no problem has a reference solution to validate on")
+        else:
+            by_problem = {row["problem"]: row for row in held_out_rows}
+            references = [dict(row) for row in by_problem.values()]
+        examples = [
+            tokenize_record(
+                {
+                    "id": reference["id"],
+                    "problem": reference["problem"],
+                    "source": REFERENCE,
+                    "response": normalize_expert_solution(reference["expert_solution"], reference["answer"]),
+                    "response_token_ids": None,
+                },
+                tokenizer,
+                self.config.prompt_type,
+                train.max_length,
+            )
+            for reference in references
+        ]
+        prompt_type = self.config.prompt_type
+        examples += [tokenize_record(row, tokenizer, prompt_type, train.max_length) for row in held_out_rows]
+        return [example for example in examples if example.loss_tokens > 0]
+
     def optimizer_steps_per_epoch(self) -> int:
-        return len(self._sampler()) // self.config.train.accumulate_grad_batches
+        return self._sampler().steps_per_epoch()
+
+    def micro_batches_per_epoch(self) -> int:
+        return len(self._sampler())
 
     def train_dataloader(self) -> DataLoader:
         return ResumableLoader(
             _PlannedExamples(self.examples), self._sampler(), self.collator, micro_batches_done=self._micro_batches_done
         )
+
+    def val_dataloader(self) -> DataLoader:
+        if not self.val_examples:
+            return []
+        trainer = self.trainer
+        sampler = ValidationBatchSampler(
+            [len(example.input_ids) for example in self.val_examples],
+            self.config.train.micro_batch_size,
+            world_size=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+        )
+        return DataLoader(_CountedExamples(self.val_examples), batch_sampler=sampler, collate_fn=self._collate_counted)
+
+    def _collate_counted(self, items: list[tuple[TokenizedExample, bool]]) -> dict[str, Any]:
+        batch = self.collator([example for example, _ in items])
+        batch["counted"] = items[0][1]
+        return batch
 
     def _sampler(self) -> StepBatchSampler:
         train = self.config.train
@@ -159,3 +240,17 @@ class _PlannedExamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> TokenizedExample:
         index, step_loss_tokens = key
         return dataclasses.replace(self.examples[index], step_loss_tokens=step_loss_tokens)
+
+
+class _CountedExamples(Dataset):
+    """Validation examples addressed by ``(index, counted)``; uncounted ones only keep ranks in step."""
+
+    def __init__(self, examples: list[TokenizedExample]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key: tuple[int, bool]) -> tuple[TokenizedExample, bool]:
+        index, counted = key
+        return self.examples[index], counted

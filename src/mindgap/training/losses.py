@@ -120,7 +120,8 @@ def importance_weights(
         clip_max, clip_min: bounds on w (None: unbounded on that side).
         clip_mode: ``truncate`` clamps w into [clip_min, clip_max]; ``mask`` sets w = 0 outside.
         level: ``token`` weighs each token by exp(l_t); ``sequence`` gives every loss token of a
-            row the weight exp(mean_t l_t) over that row's loss tokens, clipped the same way.
+            row the weight exp(mean_t l_t) over that row's loss tokens, clipped the same way: the
+            geometric mean of the token ratios (as in GSPO and iw-SFT), not their product.
 
     Returns:
         weights: the applied (clipped) w_t; 0 where ``mask`` is False.

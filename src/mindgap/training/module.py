@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from transformers import AutoConfig
 
 from mindgap.config import TrainConfig
+from mindgap.data.datamodule import REFERENCE
 from mindgap.errors import DataError
 from mindgap.models import load_causal_lm
 from mindgap.records import SOURCES
@@ -19,7 +22,21 @@ from mindgap.tracking import log_weight_histograms
 from mindgap.training.logits import label_logprobs
 from mindgap.training.losses import WeightRule, source_ids, weight_rules, weighted_loss
 from mindgap.training.stats import HISTOGRAM_EDGES, WeightSums, finish, weight_histogram, weight_sums
-from mindgap.training.strategy import shard_model
+from mindgap.training.strategy import master_dtype, shard_model
+
+# Validation groups: reference solutions (val/loss), then held-out records per source (val/<source>/loss).
+VAL_GROUPS = (REFERENCE, *SOURCES)
+_EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def export_dtype(model_path: str, dtype: str) -> torch.dtype:
+    """The dtype a trained model is saved in: ``model.dtype``, or for ``auto`` the initial model's own."""
+    if dtype != "auto":
+        return _EXPORT_DTYPES[dtype]
+    initial = AutoConfig.from_pretrained(model_path).dtype
+    if isinstance(initial, str):
+        return _EXPORT_DTYPES[initial]
+    return initial or torch.float32
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> float:
@@ -32,10 +49,13 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio
 
 
 class FineTuningModule(LightningModule):
-    def __init__(self, model_path: str, dtype: str, train: TrainConfig, export_dir: Path):
+    """Trains fp32 (or, under ``train.precision=bf16-true``, bf16) weights; exports them in ``export_dtype``."""
+
+    def __init__(self, model_path: str, export_dtype: str, train: TrainConfig, export_dir: Path):
         super().__init__()
         self.model_path = model_path
-        self.model_dtype = dtype
+        # model.dtype: what rewriting and evaluation load; ``auto`` keeps the initial model's dtype.
+        self.export_dtype = export_dtype
         self.train_config = train
         self.export_dir = export_dir
         self.model: torch.nn.Module | None = None
@@ -45,18 +65,42 @@ class FineTuningModule(LightningModule):
         self.step_weights = WeightSums.zeros()
         self.step_histogram = torch.zeros(())
         self.step_tokens = torch.zeros(2)
+        # Per validation group: summed NLL and token count of this rank's validation batches.
+        self.val_sums = torch.zeros(len(VAL_GROUPS), 2)
+
+    @property
+    def validates(self) -> bool:
+        return self.train_config.val is not None or self.train_config.val_share is not None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.validates:
+            # Every N optimiser steps of the epoch, in micro-batches; at most once an epoch (Lightning's bound).
+            datamodule = self.trainer.datamodule
+            self.trainer.val_check_interval = min(
+                self.train_config.val_every_n_steps * self.trainer.accumulate_grad_batches,
+                datamodule.micro_batches_per_epoch(),
+            )
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_index: int) -> None:
+        trainer = self.trainer
+        last_of_run = (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) or (
+            trainer.current_epoch == trainer.max_epochs - 1 and batch_index == trainer.num_training_batches - 1
+        )
+        if self.validates and last_of_run:
+            # Lightning validates when the run is asked to stop: so the last step is always validated.
+            trainer.should_stop = True
 
     def configure_model(self) -> None:
         self._reset_step()
         if self.model is not None:
             return
         # from_pretrained returns the model in eval mode; dropout and friends must train.
-        self.model = load_causal_lm(self.model_path, dtype=self.model_dtype).train()
+        self.model = load_causal_lm(self.model_path, dtype=master_dtype(self.train_config)).train()
         strategy = self.train_config.strategy
         if strategy.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if isinstance(self.trainer.strategy, ModelParallelStrategy):
-            shard_model(self.model, self.device_mesh["data_parallel"], strategy)
+            shard_model(self.model, self.device_mesh["data_parallel"], self.train_config)
 
     def _reset_step(self) -> None:
         self.step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -102,7 +146,7 @@ class FineTuningModule(LightningModule):
             raise DataError(f"non-finite loss {result.loss.item()} on the batch of records {batch['ids']}")
         self.step_loss += result.loss.detach()
         self.step_weights = self.step_weights.merge(
-            weight_sums(result.weights, result.log_ratio, result.clipped, mask, sources)
+            weight_sums(result.weights, result.log_ratio, result.clipped, mask, sources, rules)
         )
         if self._histogram_step():
             self.step_histogram += weight_histogram(result.weights, mask, sources)
@@ -134,13 +178,50 @@ class FineTuningModule(LightningModule):
             log_weight_histograms(self.loggers, histogram, HISTOGRAM_EDGES, self.global_step)
         self._reset_step()
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_sums = torch.zeros(len(VAL_GROUPS), 2, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
+        assert self.model is not None
+        logprobs, mask = label_logprobs(
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            self.train_config.logits_chunk_size,
+        )
+        if not batch["counted"]:
+            return
+        groups = torch.tensor([VAL_GROUPS.index(source) for source in batch["sources"]], device=logprobs.device)
+        per_row = torch.stack([-(logprobs * mask).sum(-1), mask.sum(-1)], dim=-1).to(torch.float64)
+        self.val_sums.index_add_(0, groups, per_row)
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.val_sums.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
+        metrics = {}
+        for group, (nll, tokens) in zip(VAL_GROUPS, sums.tolist(), strict=True):
+            if tokens > 0:
+                metrics["val/loss" if group == REFERENCE else f"val/{group}/loss"] = nll / tokens
+        self.log_dict(metrics, rank_zero_only=True)
+
     def on_train_end(self) -> None:
         # Runs in the training processes (also spawned ones, where the weights live). Every rank takes
-        # part in gathering sharded weights; rank zero writes them.
+        # part in gathering sharded weights; rank zero writes them, cast from the master weights.
         assert self.model is not None
         full_state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.trainer.is_global_zero:
-            self.model.save_pretrained(self.export_dir, state_dict=full_state)
+            dtype = export_dtype(self.model_path, self.export_dtype)
+            exported = {
+                name: value.to(dtype) if value.is_floating_point() else value for name, value in full_state.items()
+            }
+            self.model.save_pretrained(self.export_dir, state_dict=exported)
+            # save_pretrained records the dtype of the (fp32 master) parameters, not of the saved tensors.
+            config_file = self.export_dir / "config.json"
+            config = json.loads(config_file.read_text())
+            config["dtype"] = str(dtype).removeprefix("torch.")
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def configure_gradient_clipping(
         self,

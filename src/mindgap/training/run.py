@@ -14,7 +14,7 @@ from mindgap.data.datamodule import RewrittenDataModule
 from mindgap.errors import ConfigError
 from mindgap.models import load_tokenizer, resolve_model_path
 from mindgap.training.module import FineTuningModule
-from mindgap.training.strategy import build_strategy
+from mindgap.training.strategy import build_strategy, lightning_precision
 
 EXPORT_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
@@ -56,8 +56,8 @@ def run_training(
         accelerator=train.strategy.accelerator,
         devices=train.strategy.devices,
         num_nodes=train.strategy.num_nodes,
-        strategy=build_strategy(train.strategy, model_path),
-        precision=train.strategy.precision,
+        strategy=build_strategy(train, model_path),
+        precision=lightning_precision(train),
         max_steps=train.max_steps or -1,
         max_epochs=train.max_epochs,
         accumulate_grad_batches=train.accumulate_grad_batches,
@@ -71,6 +71,11 @@ def run_training(
         # The data module's step plan already gives each rank its own micro-batches.
         use_distributed_sampler=False,
         enable_model_summary=False,
+        # FineTuningModule.setup turns train.val_every_n_steps into micro-batches of the epoch.
+        val_check_interval=1,
+        check_val_every_n_epoch=1,
+        limit_val_batches=1.0 if module.validates else 0,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(train.checkpoint.resume, checkpoint_dir))
     if trainer.is_global_zero:

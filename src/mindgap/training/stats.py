@@ -3,18 +3,21 @@
 Per group of tokens (one group per source of ``mindgap.records.SOURCES``; ``all`` is derived from
 them) we accumulate
 
-    count N, sum w, sum w^2, number clipped, sum l        (reduced with SUM)
-    max w                                               (reduced with MAX)
+    count N, sum w, sum w^2, number clipped,                         (reduced with SUM)
+    tokens and sum of l on MODEL rows, tokens and sum of log p on UNIFORM rows
+    max w                                                            (reduced with MAX)
 
 and only then finish into mean, population variance (sum w^2 / N - mean^2), max, effective sample
-size (sum w)^2 / (N * sum w^2), clipped fraction and mean l. Never average per-rank variances.
+size (sum w)^2 / (N * sum w^2), clipped fraction, mean log-ratio l = log p - log beta (rows weighed
+against a behaviour policy) and mean log p (DFT-style rows, where beta is uniform and l is just
+log p). Never average per-rank variances.
 
 Typical use (the caller owns the reduction; nothing here touches ``torch.distributed``)::
 
     step = WeightSums.zeros(device)
     for micro_batch in ...:
         out = weighted_loss(...)
-        step = step.merge(weight_sums(out.weights, out.log_ratio, out.clipped, mask, sources))
+        step = step.merge(weight_sums(out.weights, out.log_ratio, out.clipped, mask, sources, rules))
     torch.distributed.all_reduce(step.sums, op=ReduceOp.SUM)
     torch.distributed.all_reduce(step.maxima, op=ReduceOp.MAX)
     log(finish(step))
@@ -32,9 +35,19 @@ import torch
 import torch.nn.functional as F
 
 from mindgap.records import SOURCES
+from mindgap.training.losses import WeightRule
 
 # Columns of WeightSums.sums.
-FIELDS = ("count", "weight_sum", "weight_sq_sum", "clipped", "log_ratio_sum")
+FIELDS = (
+    "count",
+    "weight_sum",
+    "weight_sq_sum",
+    "clipped",
+    "ratio_count",
+    "log_ratio_sum",
+    "logprob_count",
+    "logprob_sum",
+)
 DTYPE = torch.float64
 
 
@@ -63,23 +76,33 @@ def weight_sums(
     clipped: torch.Tensor,
     mask: torch.Tensor,
     sources: torch.Tensor,
+    rules: torch.Tensor,
 ) -> WeightSums:
     """Per-source sums over the loss tokens (``mask`` True) of one batch.
 
     ``weights``, ``log_ratio``, ``clipped``, ``mask`` are [B, T] (as from ``losses.weighted_loss``);
-    ``sources`` is LongTensor[B] of indices into ``SOURCES`` (``losses.source_ids``).
+    ``sources`` is LongTensor[B] of indices into ``SOURCES`` (``losses.source_ids``) and ``rules``
+    the rows' :class:`~mindgap.training.losses.WeightRule` values (``losses.weight_rules``).
     """
     mask = mask.bool()
     zero = torch.zeros((), dtype=DTYPE, device=weights.device)
     w = torch.where(mask, weights.detach().to(DTYPE), zero)
     ell = torch.where(mask, log_ratio.detach().to(DTYPE), zero)
+    rules = torch.as_tensor(rules, dtype=torch.long, device=w.device)
+    tokens = mask.sum(-1).to(DTYPE)
+    is_model = (rules == WeightRule.MODEL).to(DTYPE)
+    is_uniform = (rules == WeightRule.UNIFORM).to(DTYPE)
     per_row = torch.stack(
         [
-            mask.sum(-1).to(DTYPE),
+            tokens,
             w.sum(-1),
             (w * w).sum(-1),
             (clipped.bool() & mask).sum(-1).to(DTYPE),
-            ell.sum(-1),
+            tokens * is_model,
+            ell.sum(-1) * is_model,
+            tokens * is_uniform,
+            # With beta uniform, l_t is log p_t.
+            ell.sum(-1) * is_uniform,
         ],
         dim=-1,
     )  # [B, F]
@@ -93,8 +116,13 @@ def weight_sums(
 
 
 def _finish_group(prefix: str, row: list[float], maximum: float) -> dict[str, float]:
-    count, weight_sum, weight_sq_sum, clipped, log_ratio_sum = row
+    count, weight_sum, weight_sq_sum, clipped, ratio_count, log_ratio_sum, logprob_count, logprob_sum = row
     mean = weight_sum / count
+    means = {}
+    if ratio_count > 0:
+        means[f"{prefix}/log_ratio_mean"] = log_ratio_sum / ratio_count
+    if logprob_count > 0:
+        means[f"{prefix}/logprob_mean"] = logprob_sum / logprob_count
     return {
         f"{prefix}/tokens": count,
         f"{prefix}/weight_mean": mean,
@@ -104,14 +132,15 @@ def _finish_group(prefix: str, row: list[float], maximum: float) -> dict[str, fl
         # (sum w)^2 / (N sum w^2) in (0, 1]; 0 when every weight is 0 (e.g. all masked by clipping).
         f"{prefix}/ess": weight_sum * weight_sum / (count * weight_sq_sum) if weight_sq_sum > 0 else 0.0,
         f"{prefix}/clipped_frac": clipped / count,
-        f"{prefix}/log_ratio_mean": log_ratio_sum / count,
-    }
+    } | means
 
 
 def finish(sums: WeightSums, prefix: str = "is") -> dict[str, float]:
-    """Flat dict ``{prefix}/<source|all>/{tokens,weight_mean,weight_var,weight_max,ess,clipped_frac,log_ratio_mean}``.
+    """Flat dict ``{prefix}/<source|all>/{tokens,weight_mean,weight_var,weight_max,ess,clipped_frac}``.
 
-    Groups with zero tokens are omitted.
+    Plus ``log_ratio_mean`` over the group's tokens weighed against a behaviour policy (MODEL rows)
+    and ``logprob_mean`` over its DFT-style tokens (UNIFORM rows), where it has any. Groups with zero
+    tokens are omitted.
     """
     rows = sums.sums.detach().cpu().tolist()
     maxima = sums.maxima.detach().cpu().tolist()

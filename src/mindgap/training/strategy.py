@@ -1,4 +1,11 @@
-"""Lightning strategies from ``train.strategy``, and the FSDP2 sharding they apply to the model."""
+"""Lightning strategies and precision from ``train``, and the FSDP2 sharding they apply to the model.
+
+Master weights and optimiser state are fp32 unless ``train.precision=bf16-true`` (DESIGN.md §4:
+a bf16 weight near 0.02 does not move under an AdamW step at lr 5e-5). Under ``bf16-mixed`` the
+compute runs in bf16: Lightning's autocast for ``single`` / ``ddp``, the FSDP mixed-precision
+policies (parameters gathered in bf16 from fp32 shards, gradients reduced in ``reduce_dtype``) for
+``fsdp2`` / ``fsdp``, where Lightning's own precision stays ``32-true``.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,11 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import AutoConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from mindgap.config import StrategyConfig
+from mindgap.config import StrategyConfig, TrainConfig
 from mindgap.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SHARDED = ("fsdp2", "fsdp")
 
 
 def uses_gpu(config: StrategyConfig) -> bool:
@@ -22,10 +30,25 @@ def uses_gpu(config: StrategyConfig) -> bool:
     return config.accelerator == "gpu"
 
 
-def param_dtype(config: StrategyConfig) -> torch.dtype:
-    if config.param_dtype == "auto":
-        return torch.bfloat16 if uses_gpu(config) else torch.float32
-    return DTYPES[config.param_dtype]
+def resolved_precision(train: TrainConfig) -> str:
+    """``train.precision`` with ``auto`` decided: bf16-mixed on GPUs, 32-true on CPU."""
+    if train.precision == "auto":
+        return "bf16-mixed" if uses_gpu(train.strategy) else "32-true"
+    return train.precision
+
+
+def master_dtype(train: TrainConfig) -> str:
+    """The dtype the trained parameters and the optimiser state live in."""
+    return "bfloat16" if resolved_precision(train) == "bf16-true" else "float32"
+
+
+def compute_dtype(train: TrainConfig) -> torch.dtype:
+    return torch.float32 if resolved_precision(train) == "32-true" else torch.bfloat16
+
+
+def lightning_precision(train: TrainConfig) -> str:
+    """The Trainer's ``precision``: the sharded strategies compute in bf16 through their own policies."""
+    return "32-true" if train.strategy.name in SHARDED else resolved_precision(train)
 
 
 def decoder_layer_names(model_path: str) -> set[str]:
@@ -38,8 +61,9 @@ def _is_decoder_layer(names: set[str], module: torch.nn.Module) -> bool:
     return type(module).__name__ in names
 
 
-def build_strategy(config: StrategyConfig, model_path: str) -> str | Strategy:
+def build_strategy(train: TrainConfig, model_path: str) -> str | Strategy:
     """The Trainer's ``strategy`` argument."""
+    config = train.strategy
     if config.name == "single":
         return "auto"
     if config.name in ("ddp", "ddp_spawn"):
@@ -61,18 +85,22 @@ def build_strategy(config: StrategyConfig, model_path: str) -> str | Strategy:
             lambda_auto_wrap_policy, lambda_fn=functools.partial(_is_decoder_layer, names)
         ),
         mixed_precision=MixedPrecision(
-            param_dtype=param_dtype(config),
+            param_dtype=compute_dtype(train),
             reduce_dtype=DTYPES[config.reduce_dtype],
-            buffer_dtype=param_dtype(config),
+            buffer_dtype=compute_dtype(train),
         ),
         sharding_strategy="FULL_SHARD",
         state_dict_type="sharded",
     )
 
 
-def shard_model(model: torch.nn.Module, mesh, config: StrategyConfig) -> None:
-    """FSDP2: one ``fully_shard`` unit per decoder layer, then the root (embeddings, norm, lm head)."""
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype(config), reduce_dtype=DTYPES[config.reduce_dtype])
+def shard_model(model: torch.nn.Module, mesh, train: TrainConfig) -> None:
+    """FSDP2: one ``fully_shard`` unit per decoder layer, then the root (embeddings, norm, lm head).
+
+    The shards keep the dtype the model was loaded in (the master weights); ``param_dtype`` is what
+    each unit is gathered and computed in.
+    """
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype(train), reduce_dtype=DTYPES[train.strategy.reduce_dtype])
     names = set(model._no_split_modules or ())
     layers = [module for module in model.modules() if _is_decoder_layer(names, module)]
     if not layers:
