@@ -21,6 +21,11 @@ class Completion:
     # "stop" (a stop token ended it) or "length" (max_tokens reached).
     finish_reason: str
 
+    @property
+    def truncated(self) -> bool:
+        """Cut off at max_tokens: never a training target, whatever answer it holds (it would teach not to stop)."""
+        return self.finish_reason == "length"
+
 
 class Generator(Protocol):
     """Samples ``sampling.n`` completions for each prompt; same seed, same completions."""

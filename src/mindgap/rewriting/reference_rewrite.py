@@ -32,9 +32,10 @@ def reference_rewrite_prompt(
 class ReferenceRewriter:
     """One rewrite per problem under the rewrite prompt: a ``rewritten`` record when it passes, else ``expert``.
 
-    A rewrite passes when its final answer matches the gold one and, with ``meta_phrase_filter``,
-    it contains none of the filter's meta-phrases. Long runs of words shared with the expert
-    solution are allowed: a rewrite of a solution may keep its phrasing where it is already natural.
+    A rewrite passes when its final answer matches the gold one, it stopped before max_tokens and,
+    with ``meta_phrase_filter``, it contains none of the filter's meta-phrases. Long runs of words
+    shared with the expert solution are allowed: a rewrite of a solution may keep its phrasing where
+    it is already natural.
     """
 
     def __init__(
@@ -85,7 +86,10 @@ class ReferenceRewriter:
             kept = verdict.correct and bool(sample.text.strip())
             if kept:
                 stats.correct += 1
-                if self._mentions_reference(sample.text, problem):
+                if sample.truncated:
+                    stats.rejected_truncated += 1
+                    kept = False
+                elif self._mentions_reference(sample.text, problem):
                     stats.rejected_meta_phrase += 1
                     kept = False
             if kept:

@@ -113,19 +113,26 @@ def _chunk_file(work: Path, phase: str, index: int) -> Path:
 
 
 class _Progress:
-    """A progress bar over problems with the running composition of the kept sources."""
+    """A progress bar over problems with the running composition of the kept sources.
+
+    Next to the acceptance (problems with a kept model response) it counts the correct responses
+    rejected because they were cut off at max_tokens, all stages together.
+    """
 
     def __init__(self, total: int, done: int, description: str, sources: tuple[str, ...]):
         self.bar = tqdm(total=total, initial=done, desc=description, unit="problem", dynamic_ncols=True)
         self.sources: dict[str, int] = dict.fromkeys(sources, 0)
         self.problems = 0
+        self.truncated = 0
 
-    def update(self, problems: int, problems_per_source: dict[str, set[str]]) -> None:
+    def update(self, problems: int, problems_per_source: dict[str, set[str]], stages: dict[str, StageStats]) -> None:
         for source, ids in problems_per_source.items():
             self.sources[source] = self.sources.get(source, 0) + len(ids)
         self.problems += problems
+        self.truncated += sum(stats.rejected_truncated for stats in stages.values())
         by_model = sum(count for source, count in self.sources.items() if source != "expert")
-        self.bar.set_postfix({**self.sources, "acceptance": f"{by_model / max(1, self.problems):.0%}"})
+        acceptance = f"{by_model / max(1, self.problems):.0%}"
+        self.bar.set_postfix({**self.sources, "acceptance": acceptance, "truncated": self.truncated})
         self.bar.update(problems)
 
     def close(self) -> None:
@@ -227,7 +234,7 @@ class RewriteStage:
                         "wall_time_s": time.time() - started,
                     }
                     _write_json_atomically(_chunk_file(self.work, GENERATED, index), payload)
-                    progress.update(len(self.chunks[index]), _problems_per_source(outcome.records))
+                    progress.update(len(self.chunks[index]), _problems_per_source(outcome.records), outcome.stages)
         finally:
             if progress is not None:
                 progress.close()

@@ -47,6 +47,8 @@ class StageStats:
     # solved problems: each problem's mean response length times n.
     tokens_fixed_n: float = 0.0
     verifier_timeouts: int = 0
+    # Correct responses cut off at max_tokens (finish reason "length"), rejected as targets.
+    rejected_truncated: int = 0
     # Correct guided responses rejected by the copy filter, by reason.
     rejected_meta_phrase: int = 0
     rejected_shared_ngram: int = 0
@@ -172,6 +174,9 @@ class Rewriter:
                     if not verdict.correct or not sample.text.strip():
                         continue
                     stats.correct += 1
+                    if sample.truncated:
+                        stats.rejected_truncated += 1
+                        continue
                     if stage == "guided" and self._is_copy(sample.text, problem, stats):
                         continue
                     record = self._model_record(problem, stage, prompts[problem.id], sample, info, attempt)
