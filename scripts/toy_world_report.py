@@ -39,6 +39,7 @@ from mindgap.models import load_tokenizer, resolve_model_path
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import Problem
 from mindgap.rewriting.copy_filter import copy_reason
+from mindgap.rewriting.expert import shown_expert_solution
 from mindgap.toy.pretraining import PRETRAINING_REPORT, toy_model_is_built
 from mindgap.toy.world import split_problems
 from mindgap.verify import Verifier
@@ -107,7 +108,7 @@ def main() -> None:
         self_results, self_wall, self_tokens = correct_matrix(
             generator, verifier, standard, problems, self_sampling, config.seed
         )
-        guided = [guided_prompt(p.problem, p.expert_solution or "", config.prompt_type, tokenizer) for p in problems]
+        guided = [guided_prompt(p.problem, shown_expert_solution(p), config.prompt_type, tokenizer) for p in problems]
         guided_results, guided_wall, guided_tokens = correct_matrix(
             generator, verifier, guided, problems, guided_sampling, config.seed + 1
         )
@@ -126,12 +127,12 @@ def main() -> None:
     # A correct guided response counts only when the copy filter would keep it, as in the rewriting stage.
     copy_filter = config.rewrite.copy_filter
     guided_kept = [
-        [correct and copy_reason(text, p.expert_solution or "", copy_filter) is None for correct, text in s]
+        [correct and copy_reason(text, shown_expert_solution(p), p.problem, copy_filter) is None for correct, text in s]
         for p, s in zip(problems, guided_results, strict=True)
     ]
     guided_any = [any(samples) for samples in guided_kept]
     copies = sum(
-        correct and copy_reason(text, p.expert_solution or "", config.rewrite.copy_filter) is not None
+        correct and copy_reason(text, shown_expert_solution(p), p.problem, copy_filter) is not None
         for p, samples in zip(problems, guided_results, strict=True)
         for correct, text in samples
     )

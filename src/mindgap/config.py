@@ -416,14 +416,20 @@ class VerifierConfig:
 
 REWRITE_STRATEGIES = ("none", "self_only", "no_guided", "mind_the_gap", "sdft", "rl_agent")
 
+# Whole expressions (word boundaries at both ends), so that "the reference angle" is not one of them. The last
+# two are echoes of the rewrite instruction, which small models repeat instead of following.
 META_PHRASES = [
     "reference solution",
     "reference answer",
-    "the reference",
-    "provided solution",
     "given solution",
+    "provided solution",
+    "solution provided",
     "solution above",
+    "above solution",
+    "original solution",
     "as shown in the solution",
+    "rewritten solution",
+    "in your own words",
 ]
 
 
@@ -431,9 +437,10 @@ META_PHRASES = [
 class CopyFilterConfig:
     """Rejects guided responses that copy or mention the expert solution they were shown."""
 
-    # Case-insensitive phrases that mark a response as talking about the reference.
+    # Case-insensitive phrases that mark a response as talking about the reference, matched as whole expressions.
     meta_phrases: list[str] = field(default_factory=lambda: list(META_PHRASES))
-    # Reject a response sharing this many consecutive words with the expert solution; null disables the check.
+    # Reject a response sharing this many consecutive words with the expert solution it was shown (LaTeX markup
+    # stripped; runs that also occur in the problem statement do not count); null disables the check.
     max_shared_ngram: int | None = 16
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ import pytest
 from mindgap.config import CopyFilterConfig, RewriteConfig, SamplingConfig
 from mindgap.generation import Completion
 from mindgap.records import Problem
-from mindgap.rewriting.copy_filter import copy_reason
+from mindgap.rewriting.copy_filter import copy_reason, words
 from mindgap.rewriting.expert import normalize_expert_solution
 from mindgap.rewriting.stages import Rewriter, round_seed
 from mindgap.verify import Verdict, extract_answer, is_correct
@@ -111,6 +111,9 @@ def test_mind_the_gap_uses_all_three_sources_and_rejects_copies() -> None:
     assert self_record.response == "So it is \\boxed{2}"
     assert "reference solution" not in self_record.behavior_prompt
     assert "reference solution" in guided_record.behavior_prompt
+    # The guided prompt shows the expert solution as the rewrite prompts and the fallback do: normalised.
+    assert "2+2=4" not in guided_record.behavior_prompt and "####" not in guided_record.behavior_prompt
+    assert "The final answer is $\\boxed{4}$." in guided_record.behavior_prompt
     assert guided_record.response_token_ids == [7, 8, 2]
     assert guided_record.behavior_logprobs == [-0.5, -0.25, -0.125]
     assert guided_record.rescored_logprobs is None
@@ -198,10 +201,19 @@ def test_round_seeds_are_distinct_and_reproducible() -> None:
     assert seeds == [seed for _, _, seed in _run()[1].calls]
 
 
+EXPERT_SHOWN = "so: one two three four five six seven eight; done"
+
+
 @pytest.mark.parametrize(
     ("response", "reason"),
     [
         ("Following the Reference Solution, x = 2.", "meta_phrase"),
+        ("As the given\nsolution says, x = 2.", "meta_phrase"),
+        # The instruction echoed back (SmolLM2-135M-Instruct under rewrite=sdft).
+        ("Here is the rewritten solution: x = 2. Rewrite this solution in your own words and style:", "meta_phrase"),
+        # Whole expressions only: geometry has reference angles, and the model may refer to a given number.
+        ("The reference angle is 30 degrees, so x = 2.", None),
+        ("With the given numbers, x = 2.", None),
         ("one two three four five six seven eight", "shared_ngram"),
         ("ONE two, three! four five six seven eight.", "shared_ngram"),
         ("one two three four five six seven nine", None),
@@ -210,12 +222,33 @@ def test_round_seeds_are_distinct_and_reproducible() -> None:
 )
 def test_copy_filter(response: str, reason: str | None) -> None:
     config = CopyFilterConfig(max_shared_ngram=8)
-    assert copy_reason(response, "so: one two three four five six seven eight; done", config) == reason
+    assert copy_reason(response, EXPERT_SHOWN, "What is x?", config) == reason
+
+
+def test_copy_filter_ignores_runs_that_restate_the_problem() -> None:
+    config = CopyFilterConfig(max_shared_ngram=8)
+    problem = "The farmer has seven cows and five pigs on his small farm. How many animals?"
+    expert = "The farmer has seven cows and five pigs on his small farm, so 7 + 5 = 12."
+    response = "We know the farmer has seven cows and five pigs on his small farm. Adding gives 12."
+    assert copy_reason(response, expert, problem, config) is None
+    assert copy_reason(response, expert, "How many animals?", config) == "shared_ngram"
+
+
+def test_copy_filter_compares_words_without_latex_markup() -> None:
+    config = CopyFilterConfig(max_shared_ngram=8)
+    expert = "First $\\frac{3}{4} \\cdot 8 = 6$ and $\\sqrt{16} = 4$, done."
+    # 6 shared words once the markup is gone (3/4 8 6 and 16 4), not 10 one-character pieces (frac 3 4 cdot ...).
+    assert words(expert) == ["first", "3/4", "8", "6", "and", "16", "4", "done"]
+    assert copy_reason("Then $\\frac{3}{4} \\cdot 8 = 6$ and $\\sqrt{16} = 4$ here.", expert, "", config) is None
+    # A formula written without spaces is one word.
+    assert words("so $x^{2}+3x=10$.") == ["so", "x^2+3x=10"]
+    assert copy_reason(expert, expert, "", config) == "shared_ngram"
 
 
 def test_copy_filter_ngram_check_can_be_disabled() -> None:
     config = CopyFilterConfig(max_shared_ngram=None)
-    assert copy_reason("a b c d e f g h i j k l m n o p q r", "a b c d e f g h i j k l m n o p q r", config) is None
+    text = "a b c d e f g h i j k l m n o p q r"
+    assert copy_reason(text, text, "", config) is None
 
 
 def test_expert_fallback_is_normalised_to_the_answer_format() -> None:

@@ -15,7 +15,7 @@ from mindgap.generation import Completion, Generator
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import Attempts, GeneratorInfo, Problem, Record
 from mindgap.rewriting.copy_filter import copy_reason
-from mindgap.rewriting.expert import normalize_expert_solution
+from mindgap.rewriting.expert import shown_expert_solution
 from mindgap.verify import Verdict
 
 STAGES_OF = {
@@ -117,8 +117,7 @@ class Rewriter:
     def _prompt(self, stage: str, problem: Problem) -> str:
         if stage == "self":
             return standard_prompt(problem.problem, self.prompt_type, self.tokenizer)
-        assert problem.expert_solution is not None
-        return guided_prompt(problem.problem, problem.expert_solution, self.prompt_type, self.tokenizer)
+        return guided_prompt(problem.problem, shown_expert_solution(problem), self.prompt_type, self.tokenizer)
 
     def _sample_stage(
         self,
@@ -201,8 +200,7 @@ class Rewriter:
         return unsolved
 
     def _is_copy(self, response: str, problem: Problem, stats: StageStats) -> bool:
-        assert problem.expert_solution is not None
-        reason = copy_reason(response, problem.expert_solution, self.config.copy_filter)
+        reason = copy_reason(response, shown_expert_solution(problem), problem.problem, self.config.copy_filter)
         if reason is not None:
             setattr(stats, f"rejected_{reason}", getattr(stats, f"rejected_{reason}") + 1)
         return reason is not None
@@ -240,7 +238,7 @@ def expert_record(
         answer=problem.answer,
         expert_solution=problem.expert_solution,
         source="expert",
-        response=normalize_expert_solution(problem.expert_solution, problem.answer),
+        response=shown_expert_solution(problem),
         response_token_ids=None,
         behavior_logprobs=None,
         behavior_prompt=standard_prompt(problem.problem, prompt_type, tokenizer),
