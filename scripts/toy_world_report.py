@@ -35,7 +35,7 @@ from mindgap.config import (
 )
 from mindgap.data.sources import data_config, load_problems
 from mindgap.generation import make_generator
-from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.models import load_tokenizer, resolve_model
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import Problem
 from mindgap.rewriting.copy_filter import copy_reason
@@ -93,14 +93,15 @@ def main() -> None:
 
     cached = toy_model_is_built(config.model.toy, config.cache_dir)
     started = time.perf_counter()
-    model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
+    model = resolve_model(config.model, config.cache_dir, config.data_root)
+    model_path = model.path
     build_wall = time.perf_counter() - started
     pretraining = json.loads((Path(model_path) / PRETRAINING_REPORT).read_text())
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model)
 
     data = in_world(config.data, world, args.problems)
     problems = load_problems(data, config.data_root, cache_dir=config.cache_dir).problems
-    generator = make_generator(config.generator, model_path, config.model.dtype)
+    generator = make_generator(config.generator, model, config.model.dtype)
     self_sampling = dataclasses.replace(config.rewrite.self_sampling, n=args.samples)
     guided_sampling = dataclasses.replace(config.rewrite.guided_sampling, n=args.samples)
     with Verifier.from_config(config.verifier) as verifier:

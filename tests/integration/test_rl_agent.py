@@ -51,7 +51,7 @@ def test_two_grpo_steps_change_only_the_lora_weights(tmp_path: Path) -> None:
         f"output_dir={tmp_path}",
     )  # fmt: skip
     stage = RewriteStage(config)
-    trainer, scorer = build_grpo_trainer(config, stage.problems, stage.model_path, CoinFlipVerifier(), tmp_path)
+    trainer, scorer = build_grpo_trainer(config, stage.problems, stage.model, CoinFlipVerifier(), tmp_path)
     before = {name: parameter.detach().clone() for name, parameter in trainer.model.named_parameters()}
     trainer.train()
     scorer.close()

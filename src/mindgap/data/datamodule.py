@@ -16,7 +16,7 @@ from mindgap.config import MindgapConfig
 from mindgap.data.batching import StepBatchSampler
 from mindgap.data.collate import Collator, TokenizedExample, tokenize_record
 from mindgap.errors import ConfigError, DataError
-from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.models import load_tokenizer, resolve_model
 from mindgap.rewriting.run import DATASET_DIR
 
 REWRITE_DIR = "rewrite"
@@ -59,7 +59,7 @@ class RewrittenDataModule(LightningDataModule):
         if self.examples:
             return
         train = self.config.train
-        tokenizer = load_tokenizer(resolve_model_path(self.config.model, self.config.cache_dir, self.config.data_root))
+        tokenizer = load_tokenizer(resolve_model(self.config.model, self.config.cache_dir, self.config.data_root))
         dataset = load_from_disk(str(self.dataset_path))
         behavior_field = None
         if train.loss.name == "is":

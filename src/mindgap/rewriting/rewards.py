@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from mindgap.errors import ConfigError
-from mindgap.models import load_causal_lm
+from mindgap.models import ModelSource, load_causal_lm
 from mindgap.prompts import VALIDITY_NO, VALIDITY_YES, alignment_scaffold, validity_judge_prompt
 from mindgap.rewriting.stages import BatchVerifier
 
@@ -134,7 +134,7 @@ class RewardScorer:
 
     def __init__(
         self,
-        model_path: str,
+        model: ModelSource | str,
         dtype: str,
         tokenizer: PreTrainedTokenizerBase,
         verifier: BatchVerifier,
@@ -143,7 +143,7 @@ class RewardScorer:
         device: str | None = None,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_causal_lm(model_path, dtype=dtype).to(self.device).eval().requires_grad_(False)
+        self.model = load_causal_lm(model, dtype=dtype).to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.verifier = verifier
         self.batch_size = batch_size

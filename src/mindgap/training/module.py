@@ -13,7 +13,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from mindgap.config import TrainConfig
 from mindgap.errors import DataError
-from mindgap.models import load_causal_lm
+from mindgap.models import ModelSource, load_causal_lm
 from mindgap.records import SOURCES
 from mindgap.tracking import log_weight_histograms
 from mindgap.training.logits import label_logprobs
@@ -32,9 +32,9 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio
 
 
 class FineTuningModule(LightningModule):
-    def __init__(self, model_path: str, dtype: str, train: TrainConfig, export_dir: Path):
+    def __init__(self, model: ModelSource, dtype: str, train: TrainConfig, export_dir: Path):
         super().__init__()
-        self.model_path = model_path
+        self.model_source = model
         self.model_dtype = dtype
         self.train_config = train
         self.export_dir = export_dir
@@ -51,7 +51,7 @@ class FineTuningModule(LightningModule):
         if self.model is not None:
             return
         # from_pretrained returns the model in eval mode; dropout and friends must train.
-        self.model = load_causal_lm(self.model_path, dtype=self.model_dtype).train()
+        self.model = load_causal_lm(self.model_source, dtype=self.model_dtype).train()
         strategy = self.train_config.strategy
         if strategy.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
