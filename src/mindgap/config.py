@@ -469,7 +469,9 @@ class SDFTConfig:
 class RLAgentConfig:
     """rewrite=rl_agent: a LoRA rewriter on the backbone trained with GRPO, then one greedy rewrite per problem.
 
-    The defaults are the paper's, for real models; ``experiment=smoke`` shrinks them for the tiny model.
+    The defaults are conf/rewrite/rl_agent.yaml's (which says which are the paper's released values and which
+    are scaled down); ``rewrite=rl_agent_paper`` carries the released ones, ``experiment=smoke`` shrinks them for
+    the tiny model.
     Reward of a rewrite within its group (DESIGN.md §1, mindgap.rewriting.rewards):
     r = gate + gate * (alignment_weight * r_align + diversity_weight * r_div).
     """
