@@ -35,10 +35,11 @@ from mindgap.config import (
 )
 from mindgap.data.sources import data_config, load_problems
 from mindgap.generation import make_generator
-from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.models import load_tokenizer, resolve_model
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import Problem
 from mindgap.rewriting.copy_filter import copy_reason
+from mindgap.rewriting.expert import shown_expert_solution
 from mindgap.toy.pretraining import PRETRAINING_REPORT, toy_model_is_built
 from mindgap.toy.world import split_problems
 from mindgap.verify import Verifier
@@ -92,14 +93,15 @@ def main() -> None:
 
     cached = toy_model_is_built(config.model.toy, config.cache_dir)
     started = time.perf_counter()
-    model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
+    model = resolve_model(config.model, config.cache_dir, config.data_root)
+    model_path = model.path
     build_wall = time.perf_counter() - started
     pretraining = json.loads((Path(model_path) / PRETRAINING_REPORT).read_text())
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model)
 
     data = in_world(config.data, world, args.problems)
     problems = load_problems(data, config.data_root, cache_dir=config.cache_dir).problems
-    generator = make_generator(config.generator, model_path, config.model.dtype)
+    generator = make_generator(config.generator, model, config.model.dtype)
     self_sampling = dataclasses.replace(config.rewrite.self_sampling, n=args.samples)
     guided_sampling = dataclasses.replace(config.rewrite.guided_sampling, n=args.samples)
     with Verifier.from_config(config.verifier) as verifier:
@@ -107,7 +109,7 @@ def main() -> None:
         self_results, self_wall, self_tokens = correct_matrix(
             generator, verifier, standard, problems, self_sampling, config.seed
         )
-        guided = [guided_prompt(p.problem, p.expert_solution or "", config.prompt_type, tokenizer) for p in problems]
+        guided = [guided_prompt(p.problem, shown_expert_solution(p), config.prompt_type, tokenizer) for p in problems]
         guided_results, guided_wall, guided_tokens = correct_matrix(
             generator, verifier, guided, problems, guided_sampling, config.seed + 1
         )
@@ -126,12 +128,12 @@ def main() -> None:
     # A correct guided response counts only when the copy filter would keep it, as in the rewriting stage.
     copy_filter = config.rewrite.copy_filter
     guided_kept = [
-        [correct and copy_reason(text, p.expert_solution or "", copy_filter) is None for correct, text in s]
+        [correct and copy_reason(text, shown_expert_solution(p), p.problem, copy_filter) is None for correct, text in s]
         for p, s in zip(problems, guided_results, strict=True)
     ]
     guided_any = [any(samples) for samples in guided_kept]
     copies = sum(
-        correct and copy_reason(text, p.expert_solution or "", config.rewrite.copy_filter) is not None
+        correct and copy_reason(text, shown_expert_solution(p), p.problem, copy_filter) is not None
         for p, samples in zip(problems, guided_results, strict=True)
         for correct, text in samples
     )

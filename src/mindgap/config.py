@@ -416,14 +416,20 @@ class VerifierConfig:
 
 REWRITE_STRATEGIES = ("none", "self_only", "no_guided", "mind_the_gap", "sdft", "rl_agent")
 
+# Whole expressions (word boundaries at both ends), so that "the reference angle" is not one of them. The last
+# two are echoes of the rewrite instruction, which small models repeat instead of following.
 META_PHRASES = [
     "reference solution",
     "reference answer",
-    "the reference",
-    "provided solution",
     "given solution",
+    "provided solution",
+    "solution provided",
     "solution above",
+    "above solution",
+    "original solution",
     "as shown in the solution",
+    "rewritten solution",
+    "in your own words",
 ]
 
 
@@ -431,9 +437,10 @@ META_PHRASES = [
 class CopyFilterConfig:
     """Rejects guided responses that copy or mention the expert solution they were shown."""
 
-    # Case-insensitive phrases that mark a response as talking about the reference.
+    # Case-insensitive phrases that mark a response as talking about the reference, matched as whole expressions.
     meta_phrases: list[str] = field(default_factory=lambda: list(META_PHRASES))
-    # Reject a response sharing this many consecutive words with the expert solution; null disables the check.
+    # Reject a response sharing this many consecutive words with the expert solution it was shown (LaTeX markup
+    # stripped; runs that also occur in the problem statement do not count); null disables the check.
     max_shared_ngram: int | None = 16
 
     def __post_init__(self) -> None:
@@ -462,7 +469,9 @@ class SDFTConfig:
 class RLAgentConfig:
     """rewrite=rl_agent: a LoRA rewriter on the backbone trained with GRPO, then one greedy rewrite per problem.
 
-    The defaults are the paper's, for real models; ``experiment=smoke`` shrinks them for the tiny model.
+    The defaults are conf/rewrite/rl_agent.yaml's (which says which are the paper's released values and which
+    are scaled down); ``rewrite=rl_agent_paper`` carries the released ones, ``experiment=smoke`` shrinks them for
+    the tiny model.
     Reward of a rewrite within its group (DESIGN.md §1, mindgap.rewriting.rewards):
     r = gate + gate * (alignment_weight * r_align + diversity_weight * r_div).
     """

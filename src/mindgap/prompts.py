@@ -42,12 +42,21 @@ REWRITE_REQUEST = (
 
 # The frozen backbone's view of a rewrite for the alignment reward: the question alone, no instruction, no
 # chat markup, so that the score measures how natural the rewrite is to the model rather than to one template.
-ALIGNMENT_SCAFFOLD = "Problem: {problem}\nAnswer: "
+# The released reward code's QA prefix, verbatim.
+ALIGNMENT_SCAFFOLD = "Problem:\n{problem}\n\nAnswer:\n"
 
-# The optional validity check of the RL rewriter's gate: the rewrite passes when the frozen backbone's next
-# token after this prompt is more likely the first token of VALIDITY_YES than of VALIDITY_NO.
+# The optional validity check of the RL rewriter's gate, the released reward code's judge prompt: the rewrite
+# passes when the frozen backbone's next token after it is at least as likely the first token of VALIDITY_YES as
+# of VALIDITY_NO.
 VALIDITY_JUDGE = (
-    "Problem: {problem}\nSolution: {solution}\nIs the reasoning in this solution valid? Answer YES or NO.\nAnswer:"
+    "You are a strict math solution verifier.\n"
+    "Given a problem, a reference final answer, and a candidate solution, "
+    "decide whether the candidate reasoning is logically valid and consistent with the final answer.\n"
+    "Reply with ONLY one token: YES or NO.\n\n"
+    "Problem:\n{problem}\n\n"
+    "Reference final answer:\n{gold}\n\n"
+    "Candidate solution:\n{solution}\n\n"
+    "Decision:"
 )
 VALIDITY_YES, VALIDITY_NO = " YES", " NO"
 
@@ -88,5 +97,5 @@ def alignment_scaffold(problem: str) -> str:
     return ALIGNMENT_SCAFFOLD.format(problem=problem)
 
 
-def validity_judge_prompt(problem: str, solution: str) -> str:
-    return VALIDITY_JUDGE.format(problem=problem, solution=solution)
+def validity_judge_prompt(problem: str, gold: str, solution: str) -> str:
+    return VALIDITY_JUDGE.format(problem=problem, gold=gold, solution=solution)

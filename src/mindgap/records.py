@@ -39,6 +39,7 @@ class GeneratorInfo:
     """Which engine and sampling parameters produced a response (empty backend for expert text)."""
 
     backend: str = ""
+    # Fingerprint of the generating model (mindgap.models.model_fingerprint): the behaviour policy.
     model: str = ""
     temperature: float = 0.0
     top_p: float = 1.0
@@ -73,9 +74,10 @@ class Record:
     behavior_logprobs: list[float] | None
     # The full prompt the response was generated under (standard, guided or rewrite).
     behavior_prompt: str
-    # log π₀ of each response token under behavior_prompt, from the Hugging Face model's own forward
-    # (DESIGN.md §1); for expert text, of its tokenisation as trained (mindgap.data.collate). None before
-    # the rescoring pass.
+    # Log-prob of each response token under behavior_prompt by the record's behaviour policy, from the Hugging
+    # Face model's own forward (DESIGN.md §1): the model that generated it (π₀; under rewrite=rl_agent the
+    # trained rewriter for rewritten records), π₀ for expert text, of its tokenisation as trained
+    # (mindgap.data.collate). None before the rescoring pass.
     rescored_logprobs: list[float] | None = None
     generator: GeneratorInfo = field(default_factory=GeneratorInfo)
     attempts: Attempts = field(default_factory=Attempts)

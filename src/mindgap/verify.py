@@ -2,10 +2,11 @@
 
 Two paths decide a verdict:
 
-* the **fast path**, in process: extract the final answer (last ``\\boxed{}``, GSM8K ``####``,
-  "the answer is ..."), then compare normalised strings, then exact rationals when both sides
-  are plain numbers (``1,000``, ``\\$12.50``, ``\\frac{1}{2}``, ``5 \\text{ cm}``). Most GSM8K-style
-  verdicts end here, at tens of thousands per second;
+* the **fast path**, in process: extract the final answer (last non-empty ``\\boxed{}``, GSM8K
+  ``####``, "the answer is ..."; a multiple-choice answer with its value, "(C) 12", compares by its
+  letter against a letter gold and by its value otherwise), then compare normalised strings, then
+  exact rationals when both sides are plain numbers (``1,000``, ``\\$12.50``, ``\\frac{1}{2}``,
+  ``5 \\text{ cm}``). Most GSM8K-style verdicts end here, at tens of thousands per second;
 * the **slow path**, only when the fast path is inconclusive: math-verify's ``parse`` + ``verify``
   in a pool of worker processes with a per-item wall-clock limit. A pathological answer (a tower
   of exponents, anything that makes sympy spin) times out, is scored wrong and counted; a worker
@@ -14,6 +15,10 @@ Two paths decide a verdict:
 Nothing here evaluates or executes model output: answers are compared as normalised strings, as
 exact rationals parsed by ``fractions.Fraction``, and otherwise by math-verify's own LaTeX parser,
 which runs in the worker processes only.
+
+One module past the usual size: extraction, the fast path and the worker pool are one contract
+(what counts as correct, decided the same way in process and in the workers), and the workers
+import only this file.
 
 Use :class:`Verifier` for batches (it owns the pool; use it as a context manager) and
 :func:`is_correct` for a single check (it shares one lazily created module-level verifier).
@@ -59,6 +64,9 @@ _SPACING = re.compile(r"\\[,;:! ]|\\q?quad(?![A-Za-z])|\\(?:left|right|displayst
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]")
 _CHOICE = re.compile(r"\(([a-z])\)")
+_EMPTY_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\}")
+# A multiple-choice answer written with its value: "(C) 12", "\textbf{(C)}\ 12" (wrappers already removed).
+_CHOICE_WITH_VALUE = re.compile(r"\(([A-Za-z])\)\s*(?:\\[,;:! ]|\\q?quad(?![A-Za-z])|~|\s)*(\S.*)", re.DOTALL)
 # Plain words/numbers: what a gold answer may be without math-verify having to parse it.
 _PLAIN_TEXT = re.compile(r"[A-Za-z0-9 .,:;'()\-+/%]*[A-Za-z0-9][A-Za-z0-9 .,:;'()\-+/%]*")
 
@@ -66,12 +74,8 @@ _PLAIN_TEXT = re.compile(r"[A-Za-z0-9 .,:;'()\-+/%]*[A-Za-z0-9][A-Za-z0-9 .,:;'(
 MAX_ANSWER_CHARS = 2000
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (braces balanced; ``\\boxed 5`` also counts), or None."""
-    matches = list(_BOXED.finditer(text))
-    if not matches:
-        return None
-    position = matches[-1].end()
+def _boxed_content(text: str, position: int) -> str | None:
+    """Content of the box whose command ends at ``position`` (braces balanced; ``\\boxed 5`` also counts)."""
     while position < len(text) and text[position] in " \t":
         position += 1
     if position >= len(text):
@@ -91,15 +95,32 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` that has any, or None.
+
+    An empty box is no answer: models write "#### 7 ... The answer is \\boxed{}." at times, and the
+    earlier real answer must not lose to it.
+    """
+    for match in reversed(list(_BOXED.finditer(text))):
+        content = _boxed_content(text, match.end())
+        if content:
+            return content
+    return None
+
+
+def _is_empty_box(answer: str) -> bool:
+    return not _EMPTY_BOX.sub("", answer).strip(" \t$.")
+
+
 def extract_answer(response: str) -> str | None:
-    """The response's final answer: last boxed, else GSM8K ``####``, else "the answer is ..."."""
+    """The response's final answer: last non-empty boxed, else GSM8K ``####``, else "the answer is ..."."""
     boxed = last_boxed(response)
     if boxed is not None:
         return boxed
-    hashes = _GSM8K.findall(response)
+    hashes = [found.strip() for found in _GSM8K.findall(response) if not _is_empty_box(found)]
     if hashes:
-        return hashes[-1].strip()
-    stated = _THE_ANSWER_IS.findall(response)
+        return hashes[-1]
+    stated = [found for found in _THE_ANSWER_IS.findall(response) if not _is_empty_box(found)]
     if stated:
         return stated[-1].strip().strip("*").strip().rstrip(".")
     return None
@@ -150,11 +171,28 @@ def as_number(answer: str) -> Fraction | None:
 
 
 def _is_plain_text(answer: str) -> bool:
+    return bool(_PLAIN_TEXT.fullmatch(_unwrapped(answer)))
+
+
+def _unwrapped(answer: str) -> str:
     text = _strip_dollars(answer)
     previous = None
-    while previous != text:
+    while previous != text:  # nested wrappers: \text{\textbf{B}}
         previous, text = text, _TEXT_WRAPPER.sub(r"\1", text)
-    return bool(_PLAIN_TEXT.fullmatch(text.strip()))
+    return text.strip()
+
+
+def comparand(predicted: str, gold: str) -> str:
+    """The part of ``predicted`` to compare with ``gold``.
+
+    A multiple-choice answer written with its value ("(C) 12", ``\\textbf{(C)}\\ 12``) is compared by
+    its letter against a letter gold and by its value against any other gold; anything else as it is.
+    """
+    choice = _CHOICE_WITH_VALUE.fullmatch(_unwrapped(predicted))
+    if choice is None:
+        return predicted
+    letter, value = choice.group(1), choice.group(2).strip().rstrip(".")
+    return letter if re.fullmatch(r"[a-z]", normalize_answer(gold)) else value
 
 
 def _fast_verdict(predicted: str, gold: str) -> bool | None:
@@ -298,11 +336,12 @@ class Verifier:
                 if predicted is None or not gold:
                     verdicts[index] = Verdict(False, predicted)
                     continue
-                fast = _fast_verdict(predicted, gold)
+                compared = comparand(predicted, gold)
+                fast = _fast_verdict(compared, gold)
                 if fast is not None:
                     verdicts[index] = Verdict(fast, predicted)
                     continue
-                slow.setdefault((_strip_dollars(gold), _strip_dollars(predicted)), []).append(index)
+                slow.setdefault((_strip_dollars(gold), _strip_dollars(compared)), []).append(index)
             self.counters.fast_path += len(responses) - sum(len(indices) for indices in slow.values())
 
             # Grouped by gold: a message of tasks with one gold answer parses it once in its worker.

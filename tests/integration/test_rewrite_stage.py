@@ -105,7 +105,11 @@ def test_shards_merge_to_the_unsharded_dataset(tmp_path: Path, uninterrupted: Pa
 
 def test_finished_work_is_reused_and_a_changed_input_recomputes(tmp_path: Path, uninterrupted: Path) -> None:
     work = tmp_path / "work"
-    _run(f"rewrite.work_dir={work}", f"output_dir={tmp_path / 'a'}")
+    first = _run(f"rewrite.work_dir={work}", f"output_dir={tmp_path / 'a'}")
+    # Cut-off responses are counted per stage, in the manifest and next to the progress bar's acceptance.
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert all("rejected_truncated" in stats for stats in manifest["stages"].values())
+    assert "truncated=" in first.stderr
     again = _run(f"rewrite.work_dir={work}", f"output_dir={tmp_path / 'b'}")
     assert "rewrite:" not in again.stderr  # no progress bar: nothing was generated
     assert _rows(tmp_path / "b") == _rows(tmp_path / "a")

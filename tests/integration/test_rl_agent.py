@@ -51,7 +51,7 @@ def test_two_grpo_steps_change_only_the_lora_weights(tmp_path: Path) -> None:
         f"output_dir={tmp_path}",
     )  # fmt: skip
     stage = RewriteStage(config)
-    trainer, scorer = build_grpo_trainer(config, stage.problems, stage.model_path, CoinFlipVerifier(), tmp_path)
+    trainer, scorer = build_grpo_trainer(config, stage.problems, stage.model, CoinFlipVerifier(), tmp_path)
     before = {name: parameter.detach().clone() for name, parameter in trainer.model.named_parameters()}
     trainer.train()
     scorer.close()
@@ -169,3 +169,59 @@ def test_sdft_dataset_with_rewritten_records_trains(tmp_path: Path, monkeypatch:
     assert (model_dir / "config.json").exists()
     metrics = next(out.rglob("metrics.csv")).read_text()
     assert "is/rewritten/weight_mean" in metrics and "is/expert/weight_mean" in metrics
+
+
+def _teacher_forced(model_dir: str | Path, tokenizer, prompt: str, response_ids: list[int]) -> torch.Tensor:
+    """log-softmax of the model's logits at T=1 over the response tokens, after the prompt."""
+    from mindgap.models import load_causal_lm
+
+    model = load_causal_lm(str(model_dir)).eval()
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + response_ids])).logits[0, len(prompt_ids) - 1 : -1].float()
+    return logits.log_softmax(-1).gather(-1, torch.tensor(response_ids)[:, None]).squeeze(-1)
+
+
+def test_rl_agent_rewrites_are_rescored_by_the_rewriter_that_generated_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_path: str
+) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from mindgap.models import load_causal_lm
+    from mindgap.rewriting import rl_agent
+
+    overrides = [
+        "rewrite=rl_agent", "data.limit=4", "rewrite.rl_agent.rewrite_sampling.temperature=1.0",
+        f"rewrite.work_dir={tmp_path / 'work'}", f"output_dir={tmp_path}",
+    ]  # fmt: skip
+    stage = RewriteStage(_config("rewrite", *overrides))
+    # A trained rewriter in place (no GRPO run): a LoRA initialised at random, so that it moves the policy.
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    rewriter = get_peft_model(load_causal_lm(tiny_model_path), lora).merge_and_unload()
+    merged = stage.work / rl_agent.AGENT_DIR / rl_agent.MERGED_DIR
+    rewriter.save_pretrained(str(merged))
+    load_tokenizer(tiny_model_path).save_pretrained(str(merged))
+    (merged / rl_agent._COMPLETE).touch()
+    sampled_from: list[str] = []
+
+    def echo(config, model, dtype):
+        sampled_from.append(str(model))
+        return ReferenceEchoGenerator(str(model))
+
+    monkeypatch.setattr(stage_run, "make_generator", echo)
+    result = stage.run()
+
+    assert sampled_from == [str(merged)]
+    tokenizer = load_tokenizer(tiny_model_path)
+    rows = list(load_from_disk(str(result.dataset_dir)))
+    assert {row["source"] for row in rows} == {"rewritten", "expert"}
+    for row in (row for row in rows if row["source"] == "rewritten"):
+        rescored = torch.tensor(row["rescored_logprobs"])
+        under_rewriter = _teacher_forced(merged, tokenizer, row["behavior_prompt"], row["response_token_ids"])
+        under_backbone = _teacher_forced(tiny_model_path, tokenizer, row["behavior_prompt"], row["response_token_ids"])
+        torch.testing.assert_close(rescored, under_rewriter, atol=1e-4, rtol=0)
+        assert (rescored - under_backbone).abs().max() > 0.1
+    manifest = result.manifest
+    assert manifest["behavior_models"]["rewritten"] != manifest["behavior_models"]["expert"]
+    assert manifest["behavior_models"]["expert"] == manifest["model"]["fingerprint"]

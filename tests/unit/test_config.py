@@ -64,8 +64,9 @@ def test_every_group_option_composes(app: str, group: str, option: str) -> None:
     overrides = [f"{group}={option}", *FILL_REQUIRED.get(group, {}).get(option, [])]
     typed = to_typed(_compose(app, overrides), SCHEMAS.get(app, MindgapConfig))
     node = getattr(typed.train, group) if group in ("loss", "strategy") else getattr(typed, group)
-    # A benchmark's hub copy (data/<name>_hub.yaml) keeps the benchmark's name, so their results compare.
-    expected = option.removesuffix("_hub") if group == "data" else option
+    # A benchmark's hub copy (data/<name>_hub.yaml) keeps the benchmark's name, so their results compare; a
+    # strategy's preset (rewrite/<strategy>_paper.yaml) is that strategy.
+    expected = {"data": option.removesuffix("_hub"), "rewrite": option.removesuffix("_paper")}.get(group, option)
     assert (
         getattr(node, "strategy" if group == "rewrite" else "backend" if group in ("logger", "generator") else "name")
         == expected

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mindgap.config import RLAgentConfig
+from mindgap.prompts import validity_judge_prompt
 from mindgap.rewriting.rewards import (
     GroupRewards,
     RewardScorer,
@@ -30,6 +31,10 @@ def _close(actual: torch.Tensor, expected: list[float]) -> None:
     torch.testing.assert_close(actual, torch.tensor(expected), rtol=0, atol=1e-6)
 
 
+# The released code divides by std + 2 * 1e-6: a z of one standard deviation is 1 / (1 + 2e-6).
+Z1 = 1 / (1 + 2e-6)
+
+
 # Three rewrites; the middle one fails the gate. Embeddings: e1 = (1, 0), e2 = (0, 1), e3 = (0, 1).
 PASSING = torch.tensor([True, False, True])
 NLL = torch.tensor([1.0, 5.0, 3.0])
@@ -42,15 +47,17 @@ def test_gate_needs_the_answer_and_the_judge_when_given() -> None:
 
 
 def test_alignment_is_standardised_over_the_passing_rewrites_only() -> None:
-    # Passing NLLs (1, 3): mean 2, population std 1, z = (-1, +1): sigma(1), sigma(-1). Had the failing 5.0
-    # counted, the mean would be 3 and z_1 = -2 / sqrt(8/3) ~ -1.22 (sigma ~ 0.773).
-    _close(alignment_rewards(NLL, PASSING), [sigmoid(1.0), 0.0, sigmoid(-1.0)])
+    # Passing NLLs (1, 3): mean 2, population std 1, z = (-1, +1) / (1 + 2e-6): sigma(Z1) = 0.7310582,
+    # sigma(-Z1) = 0.2689418. Had the failing 5.0 counted, the mean would be 3 and z_1 = -2 / sqrt(8/3) ~ -1.22
+    # (sigma ~ 0.773).
+    _close(alignment_rewards(NLL, PASSING), [0.7310582, 0.0, 0.2689418])
+    _close(alignment_rewards(NLL, PASSING), [sigmoid(Z1), 0.0, sigmoid(-Z1)])
     # Lower NLL (more natural to the model) is rewarded more.
     assert alignment_rewards(NLL, PASSING)[0] > 0.5 > alignment_rewards(NLL, PASSING)[2]
 
 
 def test_alignment_of_a_lone_or_uniform_passing_set_is_one_half_without_dividing_by_zero() -> None:
-    # One passing rewrite: std 0, z taken as 0, sigma(0) = 1/2.
+    # One passing rewrite: z = (x - x) / (0 + 2e-6) = 0, sigma(0) = 1/2.
     _close(alignment_rewards(NLL, torch.tensor([False, True, False])), [0.0, 0.5, 0.0])
     # Identical NLLs: std 0 again.
     _close(alignment_rewards(torch.tensor([2.0, 2.0, 2.0]), torch.ones(3, dtype=torch.bool)), [0.5, 0.5, 0.5])
@@ -59,23 +66,25 @@ def test_alignment_of_a_lone_or_uniform_passing_set_is_one_half_without_dividing
 
 
 def test_mean_pairwise_cosine_distance() -> None:
-    # e1 = (1, 0), e2 = (0, 1), e3 = (-1, 0): distances 1 - cos are d12 = 1, d13 = 2, d23 = 1; mean 4/3.
+    # e1 = (1, 0), e2 = (0, 1), e3 = (-1, 0): distances (1 - cos) / 2 are d12 = (1 - 0) / 2 = 1/2,
+    # d13 = (1 - (-1)) / 2 = 1, d23 = 1/2; mean (1/2 + 1 + 1/2) / 3 = 2/3. Opposite rewrites are at distance 1.
     three = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    assert mean_pairwise_cosine_distance(three).item() == pytest.approx(4 / 3)
+    assert mean_pairwise_cosine_distance(three).item() == pytest.approx(2 / 3)
     # Cosine ignores the norm: (2, 0) is as far from (0, 3) as (1, 0) from (0, 1).
-    assert mean_pairwise_cosine_distance(torch.tensor([[2.0, 0.0], [0.0, 3.0]])).item() == pytest.approx(1.0)
+    assert mean_pairwise_cosine_distance(torch.tensor([[2.0, 0.0], [0.0, 3.0]])).item() == pytest.approx(0.5)
     # D of fewer than two rewrites is 0 by definition.
     assert mean_pairwise_cosine_distance(three[:1]).item() == 0.0
     assert mean_pairwise_cosine_distance(three[:0]).item() == 0.0
 
 
-def test_diversity_is_the_marginal_contribution_to_the_passing_set() -> None:
-    # D(S) = 4/3 (above). Without e1: D = d23 = 1, so r1 = 1/3; without e2: D = d13 = 2, so r2 = 4/3 - 2 = -2/3
-    # (e2 lies between the others: removing it makes the set more diverse); without e3: D = d12 = 1, r3 = 1/3.
+def test_diversity_is_the_marginal_contribution_to_the_passing_set_floored_at_zero() -> None:
+    # D(S) = 2/3 (above). Without e1: D = d23 = 1/2, so r1 = 2/3 - 1/2 = 1/6; without e2: D = d13 = 1, so
+    # D(S) - D = -1/3, floored at 0 (e2 lies between the others; it is not penalised); without e3: D = d12 = 1/2,
+    # r3 = 1/6.
     three = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    _close(diversity_rewards(three, torch.ones(3, dtype=torch.bool)), [1 / 3, -2 / 3, 1 / 3])
-    # Only passing rewrites count: with e2 failing, S = {e1, e3}, D(S) = 2 and D of one rewrite is 0.
-    _close(diversity_rewards(three, torch.tensor([True, False, True])), [2.0, 0.0, 2.0])
+    _close(diversity_rewards(three, torch.ones(3, dtype=torch.bool)), [1 / 6, 0.0, 1 / 6])
+    # Only passing rewrites count: with e2 failing, S = {e1, e3}, D(S) = d13 = 1 and D of one rewrite is 0.
+    _close(diversity_rewards(three, torch.tensor([True, False, True])), [1.0, 0.0, 1.0])
 
 
 def test_identical_rewrites_have_zero_diversity() -> None:
@@ -89,17 +98,27 @@ def test_a_lone_passing_rewrite_has_zero_diversity() -> None:
 
 
 def test_total_reward_of_a_hand_computed_group() -> None:
-    # r = gate + gate * (0.35 * alignment + 0.5 * diversity). Passing S = {e1, e3} = {(1, 0), (0, 1)}: D(S) = 1,
-    # so both get diversity 1; alignment sigma(1), sigma(-1) (above). The failing rewrite gets exactly 0.
+    # r = gate + gate * (0.35 * alignment + 0.5 * diversity). Passing S = {e1, e3} = {(1, 0), (0, 1)}:
+    # D(S) = (1 - 0) / 2 = 1/2 and D of one rewrite is 0, so both get diversity 1/2; alignment sigma(Z1) = 0.7310582,
+    # sigma(-Z1) = 0.2689418 (above). r1 = 1 + 0.35 * 0.7310582 + 0.5 * 0.5 = 1.5058704, r3 = 1.3441296; the failing
+    # rewrite gets exactly 0.
     rewards = group_rewards(PASSING, NLL, EMBEDDINGS, 3, 0.35, 0.5)
     _close(rewards.gate, [1.0, 0.0, 1.0])
-    _close(rewards.diversity, [1.0, 0.0, 1.0])
-    _close(rewards.total, [1 + 0.35 * sigmoid(1.0) + 0.5, 0.0, 1 + 0.35 * sigmoid(-1.0) + 0.5])
+    _close(rewards.diversity, [0.5, 0.0, 0.5])
+    _close(rewards.total, [1.5058704, 0.0, 1.3441296])
     assert rewards.total[1].item() == 0.0
-    # ~ (1.75587, 0, 1.59413)
-    assert rewards.total[0].item() == pytest.approx(1.7558705, abs=1e-6)
     # The weights are parameters.
-    _close(total_rewards(rewards.gate, rewards.alignment, rewards.diversity, 0.0, 1.0), [2.0, 0.0, 2.0])
+    _close(total_rewards(rewards.gate, rewards.alignment, rewards.diversity, 0.0, 1.0), [1.5, 0.0, 1.5])
+
+
+def test_rewards_of_passing_rewrites_never_fall_below_the_gate() -> None:
+    # e2 between e1 and e3 (the diversity test above): unfloored, its bonus would be 0.5 * (-1/3) and, with the
+    # old distance 1 - cos, 0.5 * (-2/3). Floored, r2 = 1 + 0.35 * alignment >= 1.
+    three = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    rewards = group_rewards(torch.ones(3, dtype=torch.bool), torch.tensor([1.0, 2.0, 3.0]), three, 3, 0.35, 0.5)
+    assert (rewards.total >= rewards.gate).all()
+    # NLLs (1, 2, 3): z = (-1, 0, 1) * sqrt(3/2) / (1 + 2e-6 * sqrt(3/2)); r2 = 1 + 0.35 * sigma(0) = 1.175.
+    assert rewards.total[1].item() == pytest.approx(1.175, abs=1e-6)
 
 
 def test_a_group_with_one_passing_rewrite() -> None:
@@ -109,14 +128,15 @@ def test_a_group_with_one_passing_rewrite() -> None:
 
 
 def test_groups_are_consecutive_and_independent() -> None:
-    # Group A: NLLs (1, 3); group B: (10, 30). z is scale-free: both groups get (sigma(1), sigma(-1)).
+    # Group A: NLLs (1, 3); group B: (10, 30). z is scale-free (up to the 2e-6 in its denominator): both groups
+    # get (sigma(Z1), sigma(-Z1)).
     passing = torch.ones(4, dtype=torch.bool)
     nll = torch.tensor([1.0, 3.0, 10.0, 30.0])
     embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
     rewards = group_rewards(passing, nll, embeddings, 2, 0.35, 0.5)
-    _close(rewards.alignment, [sigmoid(1.0), sigmoid(-1.0)] * 2)
-    # Group A is orthogonal (distance 1 each); group B identical (0): no diversity leaks between groups.
-    _close(rewards.diversity, [1.0, 1.0, 0.0, 0.0])
+    _close(rewards.alignment, [sigmoid(Z1), sigmoid(-Z1)] * 2)
+    # Group A is orthogonal (distance 1/2 each); group B identical (0): no diversity leaks between groups.
+    _close(rewards.diversity, [0.5, 0.5, 0.0, 0.0])
     with pytest.raises(ValueError, match="do not split into groups of 3"):
         group_rewards(passing, nll, embeddings, 3, 0.35, 0.5)
 
@@ -171,20 +191,23 @@ def scorer(tiny_model_path: str, tiny_tokenizer) -> RewardScorer:
     return RewardScorer(tiny_model_path, "float32", tiny_tokenizer, ListVerifier({"x = 4, so 4", "4"}), batch_size=2)
 
 
-def test_scorer_nll_matches_an_unbatched_forward(scorer: RewardScorer, tiny_tokenizer) -> None:
+def test_scorer_nll_and_embedding_as_the_released_code_computes_them(scorer: RewardScorer, tiny_tokenizer) -> None:
     problems = ["What is 2+2?", "What is 2+2? Think carefully about it.", "2+2?"]
     rewrites = ["x = 4, so 4", "4", "two plus two is four, the answer is 4"]
     nll, embeddings = scorer.nll_and_embeddings(problems, rewrites)
     for row, (problem, rewrite) in enumerate(zip(problems, rewrites, strict=True)):
-        prefix = tiny_tokenizer(f"Problem: {problem}\nAnswer: ", add_special_tokens=False)["input_ids"]
-        body = tiny_tokenizer(rewrite, add_special_tokens=False)["input_ids"]
+        # Scaffold and rewrite tokenised as one string; the rewrite's tokens are those past the scaffold's length.
+        prefix = f"Problem:\n{problem}\n\nAnswer:\n"
+        full = tiny_tokenizer(prefix + rewrite)["input_ids"]
+        start = len(tiny_tokenizer(prefix)["input_ids"])
         with torch.no_grad():
-            output = scorer.model(torch.tensor([prefix + body]), output_hidden_states=True)
-        logits = output.logits[0, len(prefix) - 1 : -1]
-        expected = torch.nn.functional.cross_entropy(logits, torch.tensor(body))
+            logits = scorer.model(torch.tensor([full])).logits[0, start - 1 : -1]
+            alone = tiny_tokenizer(rewrite)["input_ids"]
+            hidden = scorer.model(torch.tensor([alone]), output_hidden_states=True).hidden_states[-1][0]
+        expected = torch.nn.functional.cross_entropy(logits, torch.tensor(full[start:]))
         assert nll[row].item() == pytest.approx(expected.item(), abs=1e-5)
-        hidden = output.hidden_states[-1][0, len(prefix) :].mean(dim=0)
-        torch.testing.assert_close(embeddings[row], hidden, atol=1e-5, rtol=1e-4)
+        # The embedding is of the rewrite alone, not of the rewrite in the context of its question.
+        torch.testing.assert_close(embeddings[row], hidden.mean(dim=0), atol=1e-5, rtol=1e-4)
 
 
 def test_scorer_rewards_a_group(scorer: RewardScorer) -> None:
@@ -205,16 +228,15 @@ def test_validity_judge_compares_yes_with_no_and_can_only_close_the_gate(tiny_mo
     )
     problems = ["What is 2+2?", "What is 2+2? Be brief.", "2+2?"]
     rewrites = ["x = 4, so 4", "4", "wrong"]
-    valid = judge.judge_valid(problems, rewrites)
+    valid = judge.judge_valid(problems, ["4"] * 3, rewrites)
     for problem, rewrite, verdict in zip(problems, rewrites, valid, strict=True):
-        prompt = (
-            f"Problem: {problem}\nSolution: {rewrite}\n"
-            "Is the reasoning in this solution valid? Answer YES or NO.\nAnswer:"
-        )
+        prompt = validity_judge_prompt(problem, "4", rewrite)
+        assert f"Reference final answer:\n4\n\nCandidate solution:\n{rewrite}\n\nDecision:" in prompt
         with torch.no_grad():
-            logits = judge.model(torch.tensor([tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]])).logits
+            logits = judge.model(torch.tensor([tiny_tokenizer(prompt)["input_ids"]])).logits
         yes, no = (tiny_tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in (" YES", " NO"))
-        assert verdict == bool(logits[0, -1, yes] > logits[0, -1, no])
+        # A tie passes, as in the released code (p_yes >= p_no).
+        assert verdict == bool(logits[0, -1, yes] >= logits[0, -1, no])
     gate = judge.score(problems, ["4"] * 3, rewrites, 3, 0.35, 0.5).gate
     # The judge only sees rewrites whose answer matched; it can close the gate, never open it.
     _close(gate, [float(valid[0]), float(valid[1]), 0.0])

@@ -9,7 +9,7 @@ import pytest
 from mindgap.config import CopyFilterConfig, RewriteConfig, SamplingConfig
 from mindgap.generation import Completion
 from mindgap.records import Problem
-from mindgap.rewriting.copy_filter import copy_reason
+from mindgap.rewriting.copy_filter import copy_reason, words
 from mindgap.rewriting.expert import normalize_expert_solution
 from mindgap.rewriting.stages import Rewriter, round_seed
 from mindgap.verify import Verdict, extract_answer, is_correct
@@ -21,7 +21,8 @@ PROBLEMS = [
     Problem(f"p/{name}", f"What is {q}?", a, EXPERT.format(q=q, a=a), "p") for name, (q, a) in QUESTIONS.items()
 ]
 RIGHT, WRONG = "So it is \\boxed{{{a}}}", "I am unsure. \\boxed{{0}}"
-# What the model says, by problem and prompt kind, sample after sample (the last one repeats).
+# What the model says, by problem and prompt kind, sample after sample (the last one repeats). A response
+# wrapped in Cut() ran into max_tokens (finish reason "length").
 SCRIPT = {
     ("p/self", "self"): [WRONG, RIGHT, RIGHT],
     ("p/guided", "self"): [WRONG],
@@ -37,13 +38,18 @@ SCRIPT = {
 }
 
 
+class Cut(str):
+    """A scripted response cut off at max_tokens."""
+
+
 class ScriptedGenerator:
-    """Replays SCRIPT: each prompt draws its problem's next scripted responses."""
+    """Replays a script (SCRIPT by default): each prompt draws its problem's next scripted responses."""
 
     backend = "scripted"
     fingerprint = "scripted:0"
 
-    def __init__(self) -> None:
+    def __init__(self, script: dict[tuple[str, str], list[str]] | None = None) -> None:
+        self.script = SCRIPT if script is None else script
         self.calls: list[tuple[list[str], SamplingConfig, int]] = []
         self.drawn: dict[tuple[str, str], int] = defaultdict(int)
 
@@ -53,12 +59,14 @@ class ScriptedGenerator:
         for prompt in prompts:
             problem = next(p for p in PROBLEMS if p.problem in prompt)
             key = (problem.id, "guided" if "reference solution" in prompt else "self")
-            script = SCRIPT[key]
+            script = self.script[key]
             samples = []
             for _ in range(sampling.n):
-                text = script[min(self.drawn[key], len(script) - 1)].format(a=problem.answer)
+                scripted = script[min(self.drawn[key], len(script) - 1)]
                 self.drawn[key] += 1
-                samples.append(Completion(text, [7, 8, 2], [-0.5, -0.25, -0.125], "stop"))
+                # A cut-off response has no stop token (2 is the scripted one).
+                ids, finish_reason = ([7, 8, 9], "length") if isinstance(scripted, Cut) else ([7, 8, 2], "stop")
+                samples.append(Completion(scripted.format(a=problem.answer), ids, [-0.5, -0.25, -0.125], finish_reason))
             results.append(samples)
         return results
 
@@ -71,8 +79,14 @@ class InProcessVerifier:
         return [Verdict(is_correct(r, g), extract_answer(r)) for r, g in zip(responses, golds, strict=True)]
 
 
-def _run(strategy: str = "mind_the_gap", n: int = 4, per_round: int | None = 1, **config_overrides):
-    generator = ScriptedGenerator()
+def _run(
+    strategy: str = "mind_the_gap",
+    n: int = 4,
+    per_round: int | None = 1,
+    script: dict[tuple[str, str], list[str]] | None = None,
+    **config_overrides,
+):
+    generator = ScriptedGenerator(script)
     config = RewriteConfig(
         strategy=strategy,
         self_sampling=SamplingConfig(n=n),
@@ -97,6 +111,9 @@ def test_mind_the_gap_uses_all_three_sources_and_rejects_copies() -> None:
     assert self_record.response == "So it is \\boxed{2}"
     assert "reference solution" not in self_record.behavior_prompt
     assert "reference solution" in guided_record.behavior_prompt
+    # The guided prompt shows the expert solution as the rewrite prompts and the fallback do: normalised.
+    assert "2+2=4" not in guided_record.behavior_prompt and "####" not in guided_record.behavior_prompt
+    assert "The final answer is $\\boxed{4}$." in guided_record.behavior_prompt
     assert guided_record.response_token_ids == [7, 8, 2]
     assert guided_record.behavior_logprobs == [-0.5, -0.25, -0.125]
     assert guided_record.rescored_logprobs is None
@@ -115,6 +132,29 @@ def test_mind_the_gap_uses_all_three_sources_and_rejects_copies() -> None:
     assert (stages["guided"]["rejected_meta_phrase"], stages["guided"]["rejected_shared_ngram"]) == (1, 3)
     # Rounds draw one sample for every unsolved problem: 3 problems in round 1, then 2 until n.
     assert [len(prompts) for prompts, _, _ in generator.calls] == [4, 4, 3, 3, 3, 2, 2, 2]
+
+
+def test_truncated_responses_are_never_kept() -> None:
+    # Correct answers that ran into max_tokens: the model would learn not to stop. p/self is cut off once
+    # and then stops; p/guided is cut off under both prompts; p/copied and p/expert as in SCRIPT.
+    script = {
+        **SCRIPT,
+        ("p/self", "self"): [Cut(RIGHT), RIGHT],
+        ("p/guided", "self"): [Cut(RIGHT)],
+        ("p/guided", "guided"): [Cut(RIGHT)],
+    }
+    outcome, _ = _run(script=script)
+    assert [(r.id, r.source) for r in outcome.records] == [
+        ("p/self", "self"),
+        ("p/guided", "expert"),
+        ("p/copied", "expert"),
+        ("p/expert", "expert"),
+    ]
+    assert outcome.records[0].response_token_ids == [7, 8, 2]
+    stages = {name: stats.as_dict() for name, stats in outcome.stages.items()}
+    # Self: p/self's first sample and all 4 of p/guided's are correct but cut off.
+    assert (stages["self"]["correct"], stages["self"]["rejected_truncated"], stages["self"]["solved"]) == (6, 5, 1)
+    assert (stages["guided"]["rejected_truncated"], stages["guided"]["solved"]) == (4, 0)
 
 
 def test_adaptive_rounds_report_tokens_against_fixed_n() -> None:
@@ -161,10 +201,19 @@ def test_round_seeds_are_distinct_and_reproducible() -> None:
     assert seeds == [seed for _, _, seed in _run()[1].calls]
 
 
+EXPERT_SHOWN = "so: one two three four five six seven eight; done"
+
+
 @pytest.mark.parametrize(
     ("response", "reason"),
     [
         ("Following the Reference Solution, x = 2.", "meta_phrase"),
+        ("As the given\nsolution says, x = 2.", "meta_phrase"),
+        # The instruction echoed back (SmolLM2-135M-Instruct under rewrite=sdft).
+        ("Here is the rewritten solution: x = 2. Rewrite this solution in your own words and style:", "meta_phrase"),
+        # Whole expressions only: geometry has reference angles, and the model may refer to a given number.
+        ("The reference angle is 30 degrees, so x = 2.", None),
+        ("With the given numbers, x = 2.", None),
         ("one two three four five six seven eight", "shared_ngram"),
         ("ONE two, three! four five six seven eight.", "shared_ngram"),
         ("one two three four five six seven nine", None),
@@ -173,12 +222,33 @@ def test_round_seeds_are_distinct_and_reproducible() -> None:
 )
 def test_copy_filter(response: str, reason: str | None) -> None:
     config = CopyFilterConfig(max_shared_ngram=8)
-    assert copy_reason(response, "so: one two three four five six seven eight; done", config) == reason
+    assert copy_reason(response, EXPERT_SHOWN, "What is x?", config) == reason
+
+
+def test_copy_filter_ignores_runs_that_restate_the_problem() -> None:
+    config = CopyFilterConfig(max_shared_ngram=8)
+    problem = "The farmer has seven cows and five pigs on his small farm. How many animals?"
+    expert = "The farmer has seven cows and five pigs on his small farm, so 7 + 5 = 12."
+    response = "We know the farmer has seven cows and five pigs on his small farm. Adding gives 12."
+    assert copy_reason(response, expert, problem, config) is None
+    assert copy_reason(response, expert, "How many animals?", config) == "shared_ngram"
+
+
+def test_copy_filter_compares_words_without_latex_markup() -> None:
+    config = CopyFilterConfig(max_shared_ngram=8)
+    expert = "First $\\frac{3}{4} \\cdot 8 = 6$ and $\\sqrt{16} = 4$, done."
+    # 6 shared words once the markup is gone (3/4 8 6 and 16 4), not 10 one-character pieces (frac 3 4 cdot ...).
+    assert words(expert) == ["first", "3/4", "8", "6", "and", "16", "4", "done"]
+    assert copy_reason("Then $\\frac{3}{4} \\cdot 8 = 6$ and $\\sqrt{16} = 4$ here.", expert, "", config) is None
+    # A formula written without spaces is one word.
+    assert words("so $x^{2}+3x=10$.") == ["so", "x^2+3x=10"]
+    assert copy_reason(expert, expert, "", config) == "shared_ngram"
 
 
 def test_copy_filter_ngram_check_can_be_disabled() -> None:
     config = CopyFilterConfig(max_shared_ngram=None)
-    assert copy_reason("a b c d e f g h i j k l m n o p q r", "a b c d e f g h i j k l m n o p q r", config) is None
+    text = "a b c d e f g h i j k l m n o p q r"
+    assert copy_reason(text, text, "", config) is None
 
 
 def test_expert_fallback_is_normalised_to_the_answer_format() -> None:

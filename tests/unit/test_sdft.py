@@ -31,7 +31,9 @@ class ScriptedGenerator:
     backend = "scripted"
     fingerprint = "scripted:0"
 
-    def __init__(self) -> None:
+    def __init__(self, cut_off: tuple[str, ...] = ()) -> None:
+        # Problems whose rewrite runs into max_tokens (finish reason "length", no stop token).
+        self.cut_off = cut_off
         self.calls: list[tuple[list[str], SamplingConfig, int]] = []
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[list[Completion]]:
@@ -39,7 +41,8 @@ class ScriptedGenerator:
         results = []
         for prompt in prompts:
             problem = next(p for p in PROBLEMS if p.problem in prompt)
-            results.append([Completion(SCRIPT[problem.id], [7, 8, 2], [-0.5, -0.25, -0.125], "stop")])
+            ids, finish_reason = ([7, 8, 9], "length") if problem.id in self.cut_off else ([7, 8, 2], "stop")
+            results.append([Completion(SCRIPT[problem.id], ids, [-0.5, -0.25, -0.125], finish_reason)])
         return results
 
     def close(self) -> None:
@@ -51,8 +54,8 @@ class InProcessVerifier:
         return [Verdict(is_correct(r, g), extract_answer(r)) for r, g in zip(responses, golds, strict=True)]
 
 
-def _run(strategy: str):
-    generator = ScriptedGenerator()
+def _run(strategy: str, cut_off: tuple[str, ...] = ()):
+    generator = ScriptedGenerator(cut_off)
     config = RewriteConfig(strategy=strategy, work_dir="unused")
     outcome = make_rewriter(config, generator, InProcessVerifier(), None, "qwen-boxed").run(PROBLEMS, seed=3)
     return outcome, generator
@@ -99,6 +102,18 @@ def test_rl_agent_pass_keeps_every_rewrite_whose_answer_matches() -> None:
     outcome, _ = _run("rl_agent")
     assert [r.source for r in outcome.records] == ["rewritten", "rewritten", "rewritten", "expert"]
     assert outcome.stages["rewrite"].rejected_meta_phrase == 0
+
+
+@pytest.mark.parametrize("strategy", ["sdft", "rl_agent"])
+def test_truncated_rewrites_fall_back_to_the_expert_solution(strategy: str) -> None:
+    # p/kept and p/copied are correct rewrites, but cut off at max_tokens: never kept as targets.
+    outcome, _ = _run(strategy, cut_off=("p/kept", "p/copied"))
+    kept, _, copied, _ = outcome.records
+    assert (kept.source, copied.source) == ("expert", "expert")
+    stats = outcome.stages["rewrite"]
+    assert (stats.correct, stats.rejected_truncated) == (3, 2)
+    # p/mentions is left: rejected by SDFT's meta-phrase filter, kept by the RL agent's pass.
+    assert stats.solved == (0 if strategy == "sdft" else 1)
 
 
 def test_reference_rewrite_strategies_use_a_generator() -> None:

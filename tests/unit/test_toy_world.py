@@ -147,7 +147,7 @@ def test_styles_differ_and_native_passes_the_copy_filter() -> None:
         assert "*" not in expert and "\\cdot" not in native and "$" not in native
         assert all(event.sentence.removesuffix(".") in native for event in problem.events)
         # A guided re-solve in the native style is the model's own words, not a copy of the reference.
-        assert copy_reason(native, expert, CopyFilterConfig()) is None
+        assert copy_reason(native, expert, problem.text, CopyFilterConfig()) is None
         assert len(native) > 2 * len(expert)
 
 

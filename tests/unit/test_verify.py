@@ -42,6 +42,8 @@ def verifier() -> Iterator[Verifier]:
         ("nested \\boxed{\\sqrt{x^{2}}}", "\\sqrt{x^{2}}"),
         ("bare \\boxed 5.", "5"),
         ("unclosed \\boxed{3", None),
+        # an empty box is no answer: the last box with content counts
+        ("\\boxed{4} and then \\boxed{ }", "4"),
         ("none", None),
     ],
 )
@@ -58,6 +60,9 @@ def test_last_boxed(text: str, expected: str | None) -> None:
         ("The final answer is: 3/4", "3/4"),
         ("The answer is **7**.", "7"),
         ("#### 5\nbut \\boxed{6}", "6"),
+        # SmolLM2-135M-Instruct's habit: the real answer first, then an empty box
+        ("#### 7\nThe answer is \\boxed{}.", "7"),
+        ("So the answer is 7. The answer is \\boxed{}.", "7"),
         ("I give up", None),
     ],
 )
@@ -146,6 +151,17 @@ TABLE = [
     ("#### 41", "42", False, "41", False),
     ("The answer is 7.", "7", True, "7", False),
     ("So the final answer is: 3/4", "0.75", True, "3/4", False),
+    # an empty box never wins over a real final answer written before it
+    ("#### 7\nThe answer is \\boxed{}.", "7", True, "7", False),
+    ("#### 7\nThe answer is \\boxed{}.", "8", False, "7", False),
+    # choice-letter wrappers: by value against a numeric gold, by letter against a letter gold
+    ("\\boxed{\\textbf{(C)}\\ 12}", "12", True, "\\textbf{(C)}\\ 12", False),
+    ("\\boxed{\\textbf{(C)}\\ 12}", "13", False, "\\textbf{(C)}\\ 12", False),
+    ("\\boxed{\\textbf{(C)}\\ 12}", "C", True, "\\textbf{(C)}\\ 12", False),
+    ("\\boxed{\\textbf{(C)}\\ 12}", "\\text{(B)}", False, "\\textbf{(C)}\\ 12", True),
+    ("The answer is (C) 12.", "12", True, "(C) 12", False),
+    ("The answer is (C) 12.", "C", True, "(C) 12", False),
+    ("\\boxed{\\mathrm{(D)}\\ \\frac{1}{2}}", "0.5", True, "\\mathrm{(D)}\\ \\frac{1}{2}", False),
 ]
 
 

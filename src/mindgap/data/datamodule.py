@@ -18,7 +18,7 @@ from mindgap.data.batching import StepBatchSampler, ValidationBatchSampler
 from mindgap.data.collate import Collator, TokenizedExample, tokenize_record
 from mindgap.data.sources import load_problems
 from mindgap.errors import ConfigError, DataError
-from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.models import load_tokenizer, resolve_model
 from mindgap.rewriting.expert import normalize_expert_solution
 from mindgap.rewriting.run import DATASET_DIR
 
@@ -72,7 +72,7 @@ class RewrittenDataModule(LightningDataModule):
         if self.examples:
             return
         train = self.config.train
-        tokenizer = load_tokenizer(resolve_model_path(self.config.model, self.config.cache_dir, self.config.data_root))
+        tokenizer = load_tokenizer(resolve_model(self.config.model, self.config.cache_dir, self.config.data_root))
         dataset = load_from_disk(str(self.dataset_path))
         behavior_field = None
         if train.loss.name == "is":

@@ -12,7 +12,6 @@ An entry of ``eval.models`` (or the ``model`` config) is one of:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -27,7 +26,14 @@ from omegaconf import OmegaConf
 
 from mindgap.config import MindgapConfig, ModelConfig, require_label, to_typed
 from mindgap.errors import ConfigError
-from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.models import (
+    ModelSource,
+    load_generation_config,
+    load_model_config,
+    load_tokenizer,
+    resolve_model,
+    resolve_model_path,
+)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 # Where a run directory keeps its exported model: mindgap-train, then mindgap-pipeline.
@@ -57,6 +63,20 @@ class EvalModel:
     # The checkpoint and the model it was fine-tuned from (kind=checkpoint only).
     checkpoint: str | None = None
     base_model: str | None = None
+    # Hub revisions of ``path`` and ``base_model`` (the ``model`` config's, for that model); trust_remote_code
+    # is the ``model`` config's for every model.
+    revision: str | None = None
+    base_revision: str | None = None
+    trust_remote_code: bool = False
+
+    @property
+    def source(self) -> ModelSource:
+        return ModelSource(self.path, self.revision, self.trust_remote_code)
+
+    @property
+    def base_source(self) -> ModelSource:
+        assert self.base_model is not None
+        return ModelSource(self.base_model, self.base_revision, self.trust_remote_code)
 
 
 def resolve_models(config: MindgapConfig, export_root: Path, model_path: str | None = None) -> list[EvalModel]:
@@ -78,10 +98,12 @@ def resolve_models(config: MindgapConfig, export_root: Path, model_path: str | N
         model = _classify(spec)
         label = labels[index] if labels else default_label(model)
         require_label(f"model {spec}: label {label!r}", label)
-        model = replace(model, label=label)
+        model = replace(
+            model, label=label, revision=_revision_of(spec, config), trust_remote_code=config.model.trust_remote_code
+        )
         if model.kind == "checkpoint":
             base = _base_model(Path(spec), config)
-            model = replace(model, base_model=base, path=str(export_root / label))
+            model = replace(model, base_model=base.path, base_revision=base.revision, path=str(export_root / label))
         _check_tokenizer(model)
         resolved.append(model)
     seen: dict[str, str] = {}
@@ -95,6 +117,14 @@ def resolve_models(config: MindgapConfig, export_root: Path, model_path: str | N
     if evaluation.baseline is not None and len(resolved) > 1 and evaluation.baseline not in seen:
         raise ConfigError(f"eval.baseline={evaluation.baseline!r} is not one of the labels: {', '.join(seen)}")
     return resolved
+
+
+def _revision_of(spec: str, config: MindgapConfig) -> str | None:
+    """``model.revision`` for the ``model`` config's own model, wherever it is named (the pipeline lists it)."""
+    model = config.model
+    if model.revision is None or model.name_or_path is None:
+        return None
+    return model.revision if spec == resolve_model_path(model, config.cache_dir, config.data_root) else None
 
 
 def _classify(spec: str) -> EvalModel:
@@ -149,7 +179,7 @@ def _check_tokenizer(model: EvalModel) -> None:
         return
     if model.kind == "hub":
         try:
-            load_tokenizer(model.path)
+            load_tokenizer(model.source)
         except OSError as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ConfigError(f"model {model.spec}: not a local path, and as a hub id it failed: {message}") from error
@@ -162,14 +192,15 @@ def _check_tokenizer(model: EvalModel) -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _base_model(checkpoint: Path, config: MindgapConfig) -> str:
+def _base_model(checkpoint: Path, config: MindgapConfig) -> ModelSource:
     """The model a checkpoint was fine-tuned from: eval.base_model, else what the checkpoint or its run records."""
     if config.eval.base_model is not None:
         base = _classify(config.eval.base_model)
         if base.kind == "checkpoint":
             raise ConfigError(f"eval.base_model={config.eval.base_model} is a checkpoint; name the model it came from")
-        return base.path
-    recorded = _recorded_model_path(checkpoint) or _run_config_model(checkpoint, config)
+        return ModelSource(base.path, _revision_of(config.eval.base_model, config))
+    path = _recorded_model_path(checkpoint)
+    recorded = ModelSource(path) if path is not None else _run_config_model(checkpoint, config)
     if recorded is None:
         raise ConfigError(
             f"checkpoint {checkpoint} does not record the model it was fine-tuned from (no model_path in its"
@@ -187,7 +218,7 @@ def _recorded_model_path(checkpoint: Path) -> str | None:
     return None
 
 
-def _run_config_model(checkpoint: Path, config: MindgapConfig) -> str | None:
+def _run_config_model(checkpoint: Path, config: MindgapConfig) -> ModelSource | None:
     """The ``model`` section of the training run's saved Hydra config, resolved like the run resolved it."""
     for parent in list(checkpoint.resolve().parents)[:_CONFIG_SEARCH_DEPTH]:
         saved = parent / ".hydra" / "config.yaml"
@@ -200,7 +231,7 @@ def _run_config_model(checkpoint: Path, config: MindgapConfig) -> str | None:
             model = to_typed(node, ModelConfig)
         except ConfigError:
             return None
-        return resolve_model_path(model, config.cache_dir, config.data_root)
+        return resolve_model(model, config.cache_dir, config.data_root)
     return None
 
 
@@ -253,6 +284,7 @@ def _source_record(model: EvalModel) -> dict[str, Any]:
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
         "base_model": model.base_model,
+        "base_revision": model.base_revision,
     }
 
 
@@ -266,17 +298,18 @@ def materialise(model: EvalModel) -> EvalModel:
     record = target / EXPORT_SOURCE
     if record.is_file() and json.loads(record.read_text()) == source:
         return model
-    export_checkpoint(Path(model.checkpoint), model.base_model, target)
+    export_checkpoint(Path(model.checkpoint), model.base_source, target)
     (target / EXPORT_SOURCE).write_text(json.dumps(source, indent=2))
     return model
 
 
-def export_checkpoint(checkpoint: Path, base_model: str, target: Path) -> Path:
-    """Load a checkpoint's weights into ``base_model``'s architecture; save model and tokenizer to ``target``."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+def export_checkpoint(checkpoint: Path, base: ModelSource, target: Path) -> Path:
+    """Load a checkpoint's weights into ``base``'s architecture; save model and tokenizer to ``target``."""
+    from transformers import AutoModelForCausalLM
 
+    base_model = base.path
     weights = checkpoint_weights(checkpoint)
-    model_config = AutoConfig.from_pretrained(base_model)
+    model_config = load_model_config(base)
     # Built on the meta device and given the checkpoint's tensors: no random initialisation, no second copy.
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
@@ -295,13 +328,12 @@ def export_checkpoint(checkpoint: Path, base_model: str, target: Path) -> Path:
     if any(parameter.is_meta for parameter in model.parameters()):
         raise ConfigError(f"checkpoint {checkpoint} leaves weights of {base_model} unset")
     model.config.dtype = next(model.parameters()).dtype
-    # Without one in the base model, transformers keeps the one it derived from the model config.
-    with contextlib.suppress(OSError):
-        model.generation_config = GenerationConfig.from_pretrained(base_model)
+    # Without one in the base model, the one derived from the model config (as transformers would).
+    model.generation_config = load_generation_config(base)
     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
-    load_tokenizer(base_model).save_pretrained(staging)
+    load_tokenizer(base).save_pretrained(staging)
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, target)

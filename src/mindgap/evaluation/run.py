@@ -125,7 +125,7 @@ class _LazyGenerator:
     def get(self) -> Generator:
         if self.generator is None:
             self.model = materialise(self.model)
-            self.generator = make_generator(self.config.generator, self.model.path, self.config.model.dtype)
+            self.generator = make_generator(self.config.generator, self.model.source, self.config.model.dtype)
         return self.generator
 
     def close(self) -> None:
@@ -220,9 +220,9 @@ class ModelEvaluation:
     def tokenizer(self):
         if self._tokenizer is None:
             # A checkpoint's tokenizer is its base model's: the export copies it.
-            source = self.model.base_model if self.model.kind == "checkpoint" else self.model.path
-            assert source is not None
-            self._tokenizer = load_tokenizer(source)
+            self._tokenizer = load_tokenizer(
+                self.model.base_source if self.model.kind == "checkpoint" else self.model.source
+            )
         return self._tokenizer
 
     def _prompt(self, problem: str) -> str:
@@ -253,9 +253,10 @@ class ModelEvaluation:
         if self.model.kind == "checkpoint":
             assert self.model.checkpoint is not None
             stat = Path(self.model.checkpoint).stat()
-            source = [str(Path(self.model.checkpoint).resolve()), stat.st_size, stat.st_mtime_ns, self.model.base_model]
+            source = [str(Path(self.model.checkpoint).resolve()), stat.st_size, stat.st_mtime_ns]
+            source += [self.model.base_model, self.model.base_revision]
             return "checkpoint:" + config_fingerprint(source)
-        return model_fingerprint(self.model.path)
+        return model_fingerprint(self.model.source)
 
     def _sample_chunk(self, benchmark: Benchmark, index: int, problems: list, prompts: list[str]) -> dict[str, Any]:
         generator = self.generator.get()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mindgap.config import GeneratorConfig, SamplingConfig
+from mindgap.models import ModelSource
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,11 @@ class Completion:
     logprobs: list[float]
     # "stop" (a stop token ended it) or "length" (max_tokens reached).
     finish_reason: str
+
+    @property
+    def truncated(self) -> bool:
+        """Cut off at max_tokens: never a training target, whatever answer it holds (it would teach not to stop)."""
+        return self.finish_reason == "length"
 
 
 class Generator(Protocol):
@@ -36,12 +42,12 @@ class Generator(Protocol):
         ...
 
 
-def make_generator(config: GeneratorConfig, model_path: str, dtype: str) -> Generator:
+def make_generator(config: GeneratorConfig, model: ModelSource | str, dtype: str) -> Generator:
     """The backend ``config.backend`` names; vLLM is imported only when it is asked for."""
     if config.backend == "vllm":
         from mindgap.generation.vllm import VLLMGenerator
 
-        return VLLMGenerator(model_path, dtype=dtype, config=config)
+        return VLLMGenerator(model, dtype=dtype, config=config)
     from mindgap.generation.hf import HFGenerator
 
-    return HFGenerator(model_path, dtype=dtype, batch_size=config.batch_size)
+    return HFGenerator(model, dtype=dtype, batch_size=config.batch_size)

@@ -8,20 +8,22 @@ import torch
 
 from mindgap.config import SamplingConfig
 from mindgap.generation.base import Completion
-from mindgap.models import load_causal_lm, load_tokenizer, model_fingerprint, stop_token_ids
+from mindgap.models import ModelSource, load_causal_lm, load_tokenizer, model_fingerprint, stop_token_ids
 
 
 class HFGenerator:
     backend = "hf"
 
-    def __init__(self, model_path: str, dtype: str = "float32", batch_size: int = 16, device: str | None = None):
+    def __init__(
+        self, model: ModelSource | str, dtype: str = "float32", batch_size: int = 16, device: str | None = None
+    ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.tokenizer = load_tokenizer(model_path)
+        self.tokenizer = load_tokenizer(model)
         self.tokenizer.padding_side = "left"
-        self.model = load_causal_lm(model_path, dtype=dtype).to(self.device).eval()
+        self.model = load_causal_lm(model, dtype=dtype).to(self.device).eval()
         self.batch_size = batch_size
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
-        self.fingerprint = model_fingerprint(model_path)
+        self.fingerprint = model_fingerprint(model)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[list[Completion]]:

@@ -27,7 +27,15 @@ from vllm import LLM, SamplingParams
 
 from mindgap.config import GeneratorConfig, SamplingConfig
 from mindgap.generation.base import Completion
-from mindgap.models import load_tokenizer, model_fingerprint, stop_token_ids
+from mindgap.models import (
+    ModelSource,
+    as_source,
+    load_generation_config,
+    load_model_config,
+    load_tokenizer,
+    model_fingerprint,
+    stop_token_ids,
+)
 
 # vLLM gives the n samples of one request the seeds request_seed + 0 .. n-1, so request
 # seeds are spread over 56 bits to keep the ranges of different prompts apart.
@@ -43,13 +51,17 @@ def request_seed(seed: int, prompt_index: int) -> int:
 class VLLMGenerator:
     backend = "vllm"
 
-    def __init__(self, model_path: str, dtype: str, config: GeneratorConfig, seed: int = 0):
-        self.tokenizer = load_tokenizer(model_path)
+    def __init__(self, model: ModelSource | str, dtype: str, config: GeneratorConfig, seed: int = 0):
+        source = as_source(model)
+        self.tokenizer = load_tokenizer(source)
         # Like the HF backend, which passes the loaded model: its generation config adds eos ids.
-        self.stop_ids = sorted(set(stop_token_ids(self.tokenizer)) | _generation_config_eos(model_path))
-        self.fingerprint = model_fingerprint(model_path)
+        self.stop_ids = sorted(set(stop_token_ids(self.tokenizer)) | _generation_config_eos(source))
+        self.fingerprint = model_fingerprint(source)
         self.llm: LLM | None = LLM(
-            model=model_path,
+            model=source.path,
+            revision=source.revision,
+            tokenizer_revision=source.revision,
+            trust_remote_code=source.trust_remote_code,
             dtype=dtype,
             seed=seed,
             tensor_parallel_size=config.tensor_parallel_size,
@@ -58,7 +70,7 @@ class VLLMGenerator:
             enforce_eager=config.enforce_eager,
             # Log-probs of the sampling distribution (after temperature and top-p), not of the raw logits.
             logprobs_mode="processed_logprobs",
-            **_platform_kwargs(model_path, config),
+            **_platform_kwargs(source, config),
         )
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[list[Completion]]:
@@ -123,7 +135,7 @@ class VLLMGenerator:
         )
 
 
-def _platform_kwargs(model_path: str, config: GeneratorConfig) -> dict[str, Any]:
+def _platform_kwargs(source: ModelSource, config: GeneratorConfig) -> dict[str, Any]:
     """Engine settings that depend on where vLLM runs."""
     from vllm.platforms import current_platform
 
@@ -133,24 +145,17 @@ def _platform_kwargs(model_path: str, config: GeneratorConfig) -> dict[str, Any]
     # request is split over two engine steps (chunked prefill rewinds the request's
     # torch.Generator, which CPU generators cannot do). So prefills are never split: each step's
     # token budget must then hold the longest sequence.
-    max_len = config.max_model_len or _model_max_len(model_path)
+    max_len = config.max_model_len or _model_max_len(source)
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_len, 4096)}
 
 
-def _model_max_len(model_path: str) -> int:
-    from transformers import AutoConfig
-
-    return int(getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", 0) or 0)
+def _model_max_len(source: ModelSource) -> int:
+    return int(getattr(load_model_config(source), "max_position_embeddings", 0) or 0)
 
 
-def _generation_config_eos(model_path: str) -> set[int]:
+def _generation_config_eos(source: ModelSource) -> set[int]:
     """The eos ids of the generation config ``from_pretrained`` would give the model."""
-    from transformers import AutoConfig, GenerationConfig
-
-    try:
-        configured = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:  # no generation_config.json: transformers derives one from config.json
-        configured = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path)).eos_token_id
+    configured = load_generation_config(source).eos_token_id
     if configured is None:
         return set()
     return set(configured if isinstance(configured, list) else [configured])
@@ -159,7 +164,8 @@ def _generation_config_eos(model_path: str) -> set[int]:
 def _main(argv: list[str]) -> int:
     """``python -m mindgap.generation.vllm REQUEST.json OUT.json``: sample with one engine start.
 
-    REQUEST: ``{"model_path", "dtype" (default auto), "generator": {GeneratorConfig fields},
+    REQUEST: ``{"model_path", "revision" (default null), "trust_remote_code" (default false), "dtype"
+    (default auto), "generator": {GeneratorConfig fields},
     "jobs": [{"prompts": [...], "sampling": {SamplingConfig fields}, "seed": int}, ...]}``.
     OUT: ``{"vllm_version", "fingerprint", "stop_ids", "results": [one list per job of
     per-prompt lists of Completion dicts]}``.
@@ -170,7 +176,8 @@ def _main(argv: list[str]) -> int:
     with open(argv[0]) as file:
         request = json.load(file)
     config = GeneratorConfig(**{**request.get("generator", {}), "backend": "vllm"})
-    generator = VLLMGenerator(request["model_path"], request.get("dtype", "auto"), config)
+    source = ModelSource(request["model_path"], request.get("revision"), request.get("trust_remote_code", False))
+    generator = VLLMGenerator(source, request.get("dtype", "auto"), config)
     try:
         results = [
             generator.generate(job["prompts"], SamplingConfig(**job["sampling"]), job["seed"])

@@ -1,16 +1,59 @@
-"""Resolve a model config to a path or hub id and load it with ``from_pretrained``."""
+"""Resolve a model config to a path or hub id and load it with ``from_pretrained``.
+
+Every ``from_pretrained`` of the project (model, tokenizer, model config, generation config) goes
+through this module, with the source's revision and ``trust_remote_code``: a pinned revision loads
+that revision everywhere, and is what the fingerprint names.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from huggingface_hub import hf_hub_download
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from mindgap.config import ModelConfig
 from mindgap.errors import ConfigError
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What ``from_pretrained`` loads: a local directory or a hub id, at a hub revision, maybe with its own code."""
+
+    path: str
+    # Branch, tag or commit of a hub id (ignored for a local directory); None is the default branch.
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_dir()
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        return {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
+
+
+def as_source(model: ModelSource | str) -> ModelSource:
+    """A plain path (a directory this project wrote: an export, a merged rewriter) is a source at no revision."""
+    return model if isinstance(model, ModelSource) else ModelSource(model)
+
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -30,6 +73,12 @@ def resolve_model_path(model: ModelConfig, cache_dir: str, data_root: str) -> st
     return str(build_tiny_model(model.tiny, cache_dir, data_root))
 
 
+def resolve_model(model: ModelConfig, cache_dir: str, data_root: str) -> ModelSource:
+    """``resolve_model_path`` with the config's revision and ``trust_remote_code``."""
+    path = resolve_model_path(model, cache_dir, data_root)
+    return ModelSource(path, model.revision, model.trust_remote_code)
+
+
 def _check_local(path: str, needs: str) -> None:
     local = Path(path)
     if local.exists() and not local.is_dir():
@@ -44,21 +93,33 @@ def _check_local(path: str, needs: str) -> None:
         raise ConfigError(f"model directory {path} has no config.json")
 
 
-def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    _check_local(path, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+def load_tokenizer(model: ModelSource | str) -> PreTrainedTokenizerBase:
+    source = as_source(model)
+    _check_local(source.path, "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(source.path, **source.from_pretrained_kwargs())
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(
-    path: str, dtype: str = "float32", revision: str | None = None, trust_remote_code: bool = False
-) -> PreTrainedModel:
-    _check_local(path, "weights")
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=_DTYPES[dtype], revision=revision, trust_remote_code=trust_remote_code
-    )
+def load_causal_lm(model: ModelSource | str, dtype: str = "float32") -> PreTrainedModel:
+    source = as_source(model)
+    _check_local(source.path, "weights")
+    return AutoModelForCausalLM.from_pretrained(source.path, dtype=_DTYPES[dtype], **source.from_pretrained_kwargs())
+
+
+def load_model_config(model: ModelSource | str) -> PretrainedConfig:
+    source = as_source(model)
+    return AutoConfig.from_pretrained(source.path, **source.from_pretrained_kwargs())
+
+
+def load_generation_config(model: ModelSource | str) -> GenerationConfig:
+    """The model's generation config; derived from its model config when it ships none."""
+    source = as_source(model)
+    try:
+        return GenerationConfig.from_pretrained(source.path, **source.from_pretrained_kwargs())
+    except OSError:  # no generation_config.json: transformers derives one from config.json
+        return GenerationConfig.from_model_config(load_model_config(source))
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> list[int]:
@@ -76,11 +137,31 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | 
     return sorted(ids)
 
 
-def model_fingerprint(path: str, revision: str | None = None) -> str:
-    """Identifies the weights: hub id@revision, or a hash of a local directory's config and file sizes."""
-    local = Path(path)
+@lru_cache(maxsize=64)
+def resolved_commit(repo_id: str, revision: str | None) -> str:
+    """The commit a hub revision (branch, tag or commit; None: the default branch) points at now.
+
+    Offline, the hub cache answers for revisions fetched before.
+    """
+    if revision is not None and _COMMIT.fullmatch(revision):
+        return revision
+    try:
+        # The cache keeps each file under snapshots/<commit>/: the config's path names the commit.
+        config_file = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    except (OSError, ValueError) as error:  # no network, no such repo or revision, offline and never fetched
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"model {repo_id}@{revision or 'main'}: cannot resolve the revision to a commit ({reason})"
+        ) from error
+    return config_file.parent.name
+
+
+def model_fingerprint(model: ModelSource | str) -> str:
+    """Identifies the weights: hub id@resolved commit, or a hash of a local directory's config and file sizes."""
+    source = as_source(model)
+    local = Path(source.path)
     if not local.is_dir():
-        return f"{path}@{revision or 'main'}"
+        return f"{source.path}@{resolved_commit(source.path, source.revision)}"
     digest = hashlib.sha256()
     config = local / "config.json"
     if config.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from mindgap.records import Problem
 from mindgap.verify import last_boxed
 
 _CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
@@ -17,3 +18,9 @@ def normalize_expert_solution(solution: str, answer: str) -> str:
     if last_boxed(text) is None:
         text = f"{text}\nThe final answer is $\\boxed{{{answer}}}$."
     return text
+
+
+def shown_expert_solution(problem: Problem) -> str:
+    """The expert solution as every prompt shows it and the fallback record holds it: normalised."""
+    assert problem.expert_solution is not None
+    return normalize_expert_solution(problem.expert_solution, problem.answer)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from mindgap.config import CopyFilterConfig, SamplingConfig
+from mindgap.config import SamplingConfig
 from mindgap.generation import Generator
 from mindgap.prompts import rewrite_prompt
 from mindgap.records import Attempts, GeneratorInfo, Problem, Record
-from mindgap.rewriting.copy_filter import META_PHRASE, copy_reason
-from mindgap.rewriting.expert import normalize_expert_solution
+from mindgap.rewriting.copy_filter import mentions_reference
+from mindgap.rewriting.expert import shown_expert_solution
 from mindgap.rewriting.stages import BatchVerifier, RewriteOutcome, StageStats, expert_record, round_seed
 
 STAGE = "rewrite"
@@ -24,23 +24,22 @@ def reference_rewrite_prompt(
     problem: Problem, prompt_type: str, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> str:
     """The rewrite prompt of ``problem``, showing its expert solution as the fallback record would hold it."""
-    assert problem.expert_solution is not None
-    shown = normalize_expert_solution(problem.expert_solution, problem.answer)
-    return rewrite_prompt(problem.problem, shown, prompt_type, tokenizer)
+    return rewrite_prompt(problem.problem, shown_expert_solution(problem), prompt_type, tokenizer)
 
 
 class ReferenceRewriter:
     """One rewrite per problem under the rewrite prompt: a ``rewritten`` record when it passes, else ``expert``.
 
-    A rewrite passes when its final answer matches the gold one and, with ``meta_phrase_filter``,
-    it contains none of the filter's meta-phrases. Long runs of words shared with the expert
-    solution are allowed: a rewrite of a solution may keep its phrasing where it is already natural.
+    A rewrite passes when its final answer matches the gold one, it stopped before max_tokens and,
+    with ``meta_phrases``, it contains none of them as a whole expression. Long runs of words
+    shared with the expert solution are allowed: a rewrite of a solution may keep its phrasing where
+    it is already natural.
     """
 
     def __init__(
         self,
         sampling: SamplingConfig,
-        meta_phrase_filter: CopyFilterConfig | None,
+        meta_phrases: list[str] | None,
         generator: Generator,
         verifier: BatchVerifier,
         tokenizer: PreTrainedTokenizerBase | None,
@@ -50,11 +49,7 @@ class ReferenceRewriter:
             raise ValueError(f"one rewrite per problem, not n={sampling.n}")
         self.sampling = sampling
         # Only the meta-phrase test of the copy filter applies to rewrites.
-        self.meta_phrase_filter = (
-            None
-            if meta_phrase_filter is None
-            else CopyFilterConfig(meta_phrases=list(meta_phrase_filter.meta_phrases), max_shared_ngram=None)
-        )
+        self.meta_phrases = meta_phrases
         self.generator = generator
         self.verifier = verifier
         self.tokenizer = tokenizer
@@ -85,7 +80,10 @@ class ReferenceRewriter:
             kept = verdict.correct and bool(sample.text.strip())
             if kept:
                 stats.correct += 1
-                if self._mentions_reference(sample.text, problem):
+                if sample.truncated:
+                    stats.rejected_truncated += 1
+                    kept = False
+                elif self.meta_phrases is not None and mentions_reference(sample.text, self.meta_phrases):
                     stats.rejected_meta_phrase += 1
                     kept = False
             if kept:
@@ -108,8 +106,3 @@ class ReferenceRewriter:
             else:
                 records.append(expert_record(problem, attempts, self.prompt_type, self.tokenizer))
         return RewriteOutcome(records=records, stages={STAGE: stats})
-
-    def _mentions_reference(self, text: str, problem: Problem) -> bool:
-        if self.meta_phrase_filter is None:
-            return False
-        return copy_reason(text, problem.expert_solution or "", self.meta_phrase_filter) == META_PHRASE

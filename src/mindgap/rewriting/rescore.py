@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mindgap.data.collate import response_ids
-from mindgap.models import load_causal_lm
+from mindgap.models import ModelSource, load_causal_lm
 from mindgap.records import Record
 
 
@@ -44,14 +44,14 @@ class Rescorer:
 
     def __init__(
         self,
-        model_path: str,
+        model: ModelSource | str,
         dtype: str,
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int,
         device: str | None = None,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_causal_lm(model_path, dtype=dtype).to(self.device).eval()
+        self.model = load_causal_lm(model, dtype=dtype).to(self.device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 

@@ -44,7 +44,7 @@ from datasets import Dataset
 
 from mindgap.config import MindgapConfig, RLAgentConfig
 from mindgap.errors import ConfigError
-from mindgap.models import load_causal_lm, load_tokenizer
+from mindgap.models import ModelSource, load_causal_lm, load_tokenizer
 from mindgap.records import Problem
 from mindgap.rewriting.reference_rewrite import reference_rewrite_prompt
 from mindgap.rewriting.rewards import GroupRewards, RewardScorer
@@ -115,21 +115,27 @@ class RewardTerm:
         return getattr(self.source.rewards(prompts, completions, problem, answer), self.__name__).tolist()
 
 
+def merged_rewriter(work: Path) -> Path | None:
+    """The finished merged backbone + adapter directory under ``work``, None before there is one."""
+    merged = work / AGENT_DIR / MERGED_DIR
+    return merged if (merged / _COMPLETE).exists() else None
+
+
 def trained_rewriter(
-    config: MindgapConfig, problems: list[Problem], model_path: str, verifier: BatchVerifier, work: Path
+    config: MindgapConfig, problems: list[Problem], model: ModelSource, verifier: BatchVerifier, work: Path
 ) -> Path:
     """The merged backbone + adapter directory under ``work``: trained on first use, reused afterwards."""
     root = work / AGENT_DIR
     merged = root / MERGED_DIR
-    if (merged / _COMPLETE).exists():
+    if merged_rewriter(work) is not None:
         return merged
     root.mkdir(parents=True, exist_ok=True)
     with _exclusive(root / _LOCK):
-        if (merged / _COMPLETE).exists():  # another job finished it while this one waited
+        if merged_rewriter(work) is not None:  # another job finished it while this one waited
             return merged
         if not (root / ADAPTER_DIR / _COMPLETE).exists():
-            train_adapter(config, problems, model_path, verifier, root)
-        _merge_adapter(model_path, config.model.dtype, root / ADAPTER_DIR, merged)
+            train_adapter(config, problems, model, verifier, root)
+        _merge_adapter(model, config.model.dtype, root / ADAPTER_DIR, merged)
     return merged
 
 
@@ -143,7 +149,7 @@ def training_summary(work: Path) -> dict[str, Any] | None:
 
 
 def build_grpo_trainer(
-    config: MindgapConfig, problems: list[Problem], model_path: str, verifier: BatchVerifier, output_dir: Path
+    config: MindgapConfig, problems: list[Problem], model: ModelSource, verifier: BatchVerifier, output_dir: Path
 ) -> tuple[GRPOTrainer, RewardScorer]:
     """TRL's GRPOTrainer for the LoRA rewriter on ``problems``, and the frozen-backbone scorer its rewards use."""
     with _trl_version_warning_silenced():
@@ -155,7 +161,7 @@ def build_grpo_trainer(
         raise ConfigError(
             f"rewrite.rl_agent.prompts_per_step={agent.prompts_per_step} is more than the {len(problems)} problems"
         )
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model)
     chat_tokenizer = tokenizer if config.prompt_type == "chat" else None
     dataset = Dataset.from_list(
         [
@@ -167,9 +173,9 @@ def build_grpo_trainer(
             for problem in problems
         ]
     )
-    policy = load_causal_lm(model_path, dtype=config.model.dtype)
+    policy = load_causal_lm(model, dtype=config.model.dtype)
     scorer = RewardScorer(
-        model_path, config.model.dtype, tokenizer, verifier, agent.reward_batch_size, agent.use_validity_judge
+        model, config.model.dtype, tokenizer, verifier, agent.reward_batch_size, agent.use_validity_judge
     )
     rewards = GroupRewardFunctions(scorer, agent)
     args = GRPOConfig(
@@ -214,14 +220,14 @@ def build_grpo_trainer(
 
 
 def train_adapter(
-    config: MindgapConfig, problems: list[Problem], model_path: str, verifier: BatchVerifier, root: Path
+    config: MindgapConfig, problems: list[Problem], model: ModelSource, verifier: BatchVerifier, root: Path
 ) -> Path:
     """Train the LoRA rewriter with GRPO on ``problems``; save it to ``root/adapter`` and its log to training.json."""
     from transformers.trainer_utils import get_last_checkpoint
 
     started = time.time()
     trainer_dir = root / TRAINER_DIR
-    trainer, scorer = build_grpo_trainer(config, problems, model_path, verifier, trainer_dir)
+    trainer, scorer = build_grpo_trainer(config, problems, model, verifier, trainer_dir)
     try:
         checkpoint = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -271,15 +277,15 @@ def _reward_means(history: list[dict[str, Any]]) -> dict[str, float]:
     return means
 
 
-def _merge_adapter(model_path: str, dtype: str, adapter_dir: Path, merged: Path) -> None:
+def _merge_adapter(backbone: ModelSource, dtype: str, adapter_dir: Path, merged: Path) -> None:
     from peft import PeftModel
 
-    base = load_causal_lm(model_path, dtype=dtype)
+    base = load_causal_lm(backbone, dtype=dtype)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     staging = merged.with_name(f".{MERGED_DIR}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging))
-    load_tokenizer(model_path).save_pretrained(str(staging))
+    load_tokenizer(backbone).save_pretrained(str(staging))
     (staging / _COMPLETE).touch()
     shutil.rmtree(merged, ignore_errors=True)
     os.replace(staging, merged)

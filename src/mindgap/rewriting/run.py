@@ -29,8 +29,8 @@ from mindgap.data.sources import SkippedRecord, load_problems
 from mindgap.errors import DataError, MindgapError
 from mindgap.fingerprints import config_fingerprint, problems_fingerprint
 from mindgap.generation import Generator, make_generator
-from mindgap.models import load_tokenizer, model_fingerprint, resolve_model_path
-from mindgap.records import FEATURES, Problem, Record
+from mindgap.models import ModelSource, load_tokenizer, model_fingerprint, resolve_model
+from mindgap.records import FEATURES, SOURCES, Problem, Record
 from mindgap.rewriting import rl_agent
 from mindgap.rewriting.rescore import Rescorer
 from mindgap.rewriting.stages import BatchVerifier, StageStats
@@ -42,7 +42,7 @@ MANIFEST = "manifest.json"
 GENERATED = "generated"
 RESCORED = "rescored"
 # Bump when the chunk files change meaning, so old work is never mixed with new.
-CHUNK_FORMAT = 1
+CHUNK_FORMAT = 2
 # Keys that decide which job computes a chunk, not what the chunk holds.
 SCHEDULING_KEYS = ("num_shards", "shard_index", "merge_only", "work_dir", "strict")
 # Rewrite settings read by one strategy only (key -> strategy): fingerprinted only under that strategy, so that
@@ -80,7 +80,7 @@ def _usable_problems(problems: list[Problem], strict: bool, skipped: list[Skippe
     return usable
 
 
-def stage_fingerprint(config: MindgapConfig, problems: list[Problem], model_path: str) -> str:
+def stage_fingerprint(config: MindgapConfig, problems: list[Problem], model: ModelSource) -> str:
     """Identifies what the stage computes: the same fingerprint means the same dataset."""
     unread = {key for key, strategy in STRATEGY_SETTINGS.items() if strategy != config.rewrite.strategy}
     rewrite = {
@@ -91,7 +91,7 @@ def stage_fingerprint(config: MindgapConfig, problems: list[Problem], model_path
     inputs = {
         "chunk_format": CHUNK_FORMAT,
         "model": dataclasses.asdict(config.model),
-        "weights": model_fingerprint(model_path, config.model.revision),
+        "weights": model_fingerprint(model),
         "problems": problems_fingerprint(problems),
         "generator": dataclasses.asdict(config.generator),
         "rewrite": rewrite,
@@ -113,19 +113,26 @@ def _chunk_file(work: Path, phase: str, index: int) -> Path:
 
 
 class _Progress:
-    """A progress bar over problems with the running composition of the kept sources."""
+    """A progress bar over problems with the running composition of the kept sources.
+
+    Next to the acceptance (problems with a kept model response) it counts the correct responses
+    rejected because they were cut off at max_tokens, all stages together.
+    """
 
     def __init__(self, total: int, done: int, description: str, sources: tuple[str, ...]):
         self.bar = tqdm(total=total, initial=done, desc=description, unit="problem", dynamic_ncols=True)
         self.sources: dict[str, int] = dict.fromkeys(sources, 0)
         self.problems = 0
+        self.truncated = 0
 
-    def update(self, problems: int, problems_per_source: dict[str, set[str]]) -> None:
+    def update(self, problems: int, problems_per_source: dict[str, set[str]], stages: dict[str, StageStats]) -> None:
         for source, ids in problems_per_source.items():
             self.sources[source] = self.sources.get(source, 0) + len(ids)
         self.problems += problems
+        self.truncated += sum(stats.rejected_truncated for stats in stages.values())
         by_model = sum(count for source, count in self.sources.items() if source != "expert")
-        self.bar.set_postfix({**self.sources, "acceptance": f"{by_model / max(1, self.problems):.0%}"})
+        acceptance = f"{by_model / max(1, self.problems):.0%}"
+        self.bar.set_postfix({**self.sources, "acceptance": acceptance, "truncated": self.truncated})
         self.bar.update(problems)
 
     def close(self) -> None:
@@ -143,8 +150,8 @@ class RewriteStage:
         self.problems = _usable_problems(loaded.problems, config.rewrite.strict, self.skipped)
         if not self.problems:
             raise DataError(f"data {config.data.name}: no usable problems to rewrite")
-        self.model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
-        self.fingerprint = stage_fingerprint(config, self.problems, self.model_path)
+        self.model = resolve_model(config.model, config.cache_dir, config.data_root)
+        self.fingerprint = stage_fingerprint(config, self.problems, self.model)
         self.work = Path(config.rewrite.work_dir) / self.fingerprint
         size = config.rewrite.chunk_size
         self.chunks = [self.problems[start : start + size] for start in range(0, len(self.problems), size)]
@@ -156,7 +163,7 @@ class RewriteStage:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.model_path)
+            self._tokenizer = load_tokenizer(self.model)
         return self._tokenizer
 
     def run(self) -> StageResult:
@@ -196,7 +203,7 @@ class RewriteStage:
             with Verifier(self.config.verifier.workers, self.config.verifier.timeout_s) as verifier:
                 if uses_generator(strategy):
                     generator = make_generator(
-                        self.config.generator, self._generation_model_path(verifier), self.config.model.dtype
+                        self.config.generator, self._generation_model(verifier), self.config.model.dtype
                     )
                 total = sum(len(self.chunks[i]) for i in self.mine)
                 done = total - sum(len(self.chunks[i]) for i in pending)
@@ -227,7 +234,7 @@ class RewriteStage:
                         "wall_time_s": time.time() - started,
                     }
                     _write_json_atomically(_chunk_file(self.work, GENERATED, index), payload)
-                    progress.update(len(self.chunks[index]), _problems_per_source(outcome.records))
+                    progress.update(len(self.chunks[index]), _problems_per_source(outcome.records), outcome.stages)
         finally:
             if progress is not None:
                 progress.close()
@@ -235,11 +242,29 @@ class RewriteStage:
                 generator.close()
         return len(pending)
 
-    def _generation_model_path(self, verifier: BatchVerifier) -> str:
+    def _generation_model(self, verifier: BatchVerifier) -> ModelSource | str:
         """The weights the strategy samples from: the backbone, or for rl_agent the trained rewriter (merged)."""
         if self.config.rewrite.strategy != "rl_agent":
-            return self.model_path
-        return str(rl_agent.trained_rewriter(self.config, self.problems, self.model_path, verifier, self.work))
+            return self.model
+        return str(rl_agent.trained_rewriter(self.config, self.problems, self.model, verifier, self.work))
+
+    def _behavior_models(self) -> dict[str, ModelSource | str]:
+        """Per source, the model that generated its records, which rescoring scores them with.
+
+        Expert text is scored by the backbone (pi_0 under the standard prompt); model responses by the
+        model that sampled them: the backbone, or under rl_agent the trained rewriter (backbone + LoRA,
+        merged) under the rewrite prompt, so that their weights are against what the data was drawn from.
+        """
+        models: dict[str, ModelSource | str] = {source: self.model for source in SOURCES}
+        if self.config.rewrite.strategy == "rl_agent":
+            merged = rl_agent.merged_rewriter(self.work)
+            if merged is None:
+                raise MindgapError(
+                    f"rewrite: the chunks in {self.work} were generated by the RL rewriter, but its merged model "
+                    f"({self.work / rl_agent.AGENT_DIR / rl_agent.MERGED_DIR}) is gone; delete that dir and rerun"
+                )
+            models["rewritten"] = str(merged)
+        return models
 
     def _chunk_seed(self, index: int) -> int:
         return self.config.seed * 1_000_003 + index
@@ -248,20 +273,35 @@ class RewriteStage:
         pending = self._pending(RESCORED, lambda i: _chunk_file(self.work, GENERATED, i).exists())
         if not pending:
             return
-        rescorer = Rescorer(
-            self.model_path, self.config.model.dtype, self.tokenizer, self.config.rewrite.rescore_batch_size
-        )
+        behavior_models = self._behavior_models()
+        # One rescorer per distinct behaviour model, loaded when a chunk first needs it.
+        rescorers: dict[str, Rescorer] = {}
+
+        def rescorer_of(source: str) -> Rescorer:
+            model = behavior_models[source]
+            key = model_fingerprint(model)
+            if key not in rescorers:
+                rescorers[key] = Rescorer(
+                    model, self.config.model.dtype, self.tokenizer, self.config.rewrite.rescore_batch_size
+                )
+            return rescorers[key]
+
         try:
             for index in tqdm(pending, desc="rescore", unit="chunk", dynamic_ncols=True):
                 payload = json.loads(_chunk_file(self.work, GENERATED, index).read_text())
                 started = time.time()
                 records = [Record.from_dict(row) for row in payload["records"]]
-                payload["logprob_gap"] = rescorer.rescore(records)
+                gaps: dict[str, float] = {}
+                for source in sorted({record.source for record in records}):
+                    of_source = [record for record in records if record.source == source]
+                    gaps.update(rescorer_of(source).rescore(of_source))
+                payload["logprob_gap"] = gaps
                 payload["records"] = [record.to_dict() for record in records]
                 payload["wall_time_s"] += time.time() - started
                 _write_json_atomically(_chunk_file(self.work, RESCORED, index), payload)
         finally:
-            rescorer.close()
+            for rescorer in rescorers.values():
+                rescorer.close()
 
     # ------------------------------------------------------------------ results
 
@@ -325,10 +365,18 @@ class RewriteStage:
             # Generation and rescoring time summed over chunks, across resumed runs and shard jobs.
             "compute_time_s": round(compute_time, 3),
             "wall_time_s": round(time.time() - self.started, 3),
-            "model": {"path": self.model_path, "fingerprint": model_fingerprint(self.model_path)},
+            "model": {
+                "path": self.model.path,
+                "revision": self.model.revision,
+                "fingerprint": model_fingerprint(self.model),
+            },
             "data": {"name": self.config.data.name, "fingerprint": problems_fingerprint(self.problems)},
             "config": dataclasses.asdict(self.config),
         }
+        if self.config.rewrite.rescore:
+            # The model whose log-probs each source's rescored_logprobs (its behaviour policy) are.
+            behavior_models = self._behavior_models()
+            manifest["behavior_models"] = {source: model_fingerprint(behavior_models[source]) for source in counts}
         if self.config.rewrite.strategy == "rl_agent":
             manifest["rl_agent"] = rl_agent.training_summary(self.work)
         # The dataset is staged privately and renamed into place; the manifest comes last and marks it done.

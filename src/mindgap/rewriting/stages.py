@@ -15,7 +15,7 @@ from mindgap.generation import Completion, Generator
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import Attempts, GeneratorInfo, Problem, Record
 from mindgap.rewriting.copy_filter import copy_reason
-from mindgap.rewriting.expert import normalize_expert_solution
+from mindgap.rewriting.expert import shown_expert_solution
 from mindgap.verify import Verdict
 
 STAGES_OF = {
@@ -47,6 +47,8 @@ class StageStats:
     # solved problems: each problem's mean response length times n.
     tokens_fixed_n: float = 0.0
     verifier_timeouts: int = 0
+    # Correct responses cut off at max_tokens (finish reason "length"), rejected as targets.
+    rejected_truncated: int = 0
     # Correct guided responses rejected by the copy filter, by reason.
     rejected_meta_phrase: int = 0
     rejected_shared_ngram: int = 0
@@ -115,8 +117,7 @@ class Rewriter:
     def _prompt(self, stage: str, problem: Problem) -> str:
         if stage == "self":
             return standard_prompt(problem.problem, self.prompt_type, self.tokenizer)
-        assert problem.expert_solution is not None
-        return guided_prompt(problem.problem, problem.expert_solution, self.prompt_type, self.tokenizer)
+        return guided_prompt(problem.problem, shown_expert_solution(problem), self.prompt_type, self.tokenizer)
 
     def _sample_stage(
         self,
@@ -172,6 +173,9 @@ class Rewriter:
                     if not verdict.correct or not sample.text.strip():
                         continue
                     stats.correct += 1
+                    if sample.truncated:
+                        stats.rejected_truncated += 1
+                        continue
                     if stage == "guided" and self._is_copy(sample.text, problem, stats):
                         continue
                     record = self._model_record(problem, stage, prompts[problem.id], sample, info, attempt)
@@ -196,8 +200,7 @@ class Rewriter:
         return unsolved
 
     def _is_copy(self, response: str, problem: Problem, stats: StageStats) -> bool:
-        assert problem.expert_solution is not None
-        reason = copy_reason(response, problem.expert_solution, self.config.copy_filter)
+        reason = copy_reason(response, shown_expert_solution(problem), problem.problem, self.config.copy_filter)
         if reason is not None:
             setattr(stats, f"rejected_{reason}", getattr(stats, f"rejected_{reason}") + 1)
         return reason is not None
@@ -235,7 +238,7 @@ def expert_record(
         answer=problem.answer,
         expert_solution=problem.expert_solution,
         source="expert",
-        response=normalize_expert_solution(problem.expert_solution, problem.answer),
+        response=shown_expert_solution(problem),
         response_token_ids=None,
         behavior_logprobs=None,
         behavior_prompt=standard_prompt(problem.problem, prompt_type, tokenizer),

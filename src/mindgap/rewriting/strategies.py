@@ -40,7 +40,9 @@ def make_rewriter(
     """The rewriter of ``config.strategy``; ``generator`` holds the weights the strategy samples from."""
     if config.strategy == "sdft":
         assert generator is not None
-        return ReferenceRewriter(config.sdft.sampling, config.copy_filter, generator, verifier, tokenizer, prompt_type)
+        return ReferenceRewriter(
+            config.sdft.sampling, config.copy_filter.meta_phrases, generator, verifier, tokenizer, prompt_type
+        )
     if config.strategy == "rl_agent":
         assert generator is not None
         return ReferenceRewriter(config.rl_agent.rewrite_sampling, None, generator, verifier, tokenizer, prompt_type)

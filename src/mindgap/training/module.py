@@ -11,12 +11,11 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from transformers import AutoConfig
 
 from mindgap.config import TrainConfig
 from mindgap.data.datamodule import REFERENCE
 from mindgap.errors import DataError
-from mindgap.models import load_causal_lm
+from mindgap.models import ModelSource, load_causal_lm, load_model_config
 from mindgap.records import SOURCES
 from mindgap.tracking import log_weight_histograms
 from mindgap.training.logits import label_logprobs
@@ -29,11 +28,11 @@ VAL_GROUPS = (REFERENCE, *SOURCES)
 _EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def export_dtype(model_path: str, dtype: str) -> torch.dtype:
+def export_dtype(model: ModelSource, dtype: str) -> torch.dtype:
     """The dtype a trained model is saved in: ``model.dtype``, or for ``auto`` the initial model's own."""
     if dtype != "auto":
         return _EXPORT_DTYPES[dtype]
-    initial = AutoConfig.from_pretrained(model_path).dtype
+    initial = load_model_config(model).dtype
     if isinstance(initial, str):
         return _EXPORT_DTYPES[initial]
     return initial or torch.float32
@@ -51,9 +50,9 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio
 class FineTuningModule(LightningModule):
     """Trains fp32 (or, under ``train.precision=bf16-true``, bf16) weights; exports them in ``export_dtype``."""
 
-    def __init__(self, model_path: str, export_dtype: str, train: TrainConfig, export_dir: Path):
+    def __init__(self, model: ModelSource, export_dtype: str, train: TrainConfig, export_dir: Path):
         super().__init__()
-        self.model_path = model_path
+        self.model_source = model
         # model.dtype: what rewriting and evaluation load; ``auto`` keeps the initial model's dtype.
         self.export_dtype = export_dtype
         self.train_config = train
@@ -95,7 +94,7 @@ class FineTuningModule(LightningModule):
         if self.model is not None:
             return
         # from_pretrained returns the model in eval mode; dropout and friends must train.
-        self.model = load_causal_lm(self.model_path, dtype=master_dtype(self.train_config)).train()
+        self.model = load_causal_lm(self.model_source, dtype=master_dtype(self.train_config)).train()
         strategy = self.train_config.strategy
         if strategy.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -212,7 +211,7 @@ class FineTuningModule(LightningModule):
         assert self.model is not None
         full_state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.trainer.is_global_zero:
-            dtype = export_dtype(self.model_path, self.export_dtype)
+            dtype = export_dtype(self.model_source, self.export_dtype)
             exported = {
                 name: value.to(dtype) if value.is_floating_point() else value for name, value in full_state.items()
             }

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import Logger
 from mindgap.config import MindgapConfig
 from mindgap.data.datamodule import RewrittenDataModule
 from mindgap.errors import ConfigError
-from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.models import load_tokenizer, resolve_model
 from mindgap.training.module import FineTuningModule
 from mindgap.training.strategy import build_strategy, lightning_precision
 
@@ -30,11 +30,11 @@ def run_training(
     """Train (rewriting first when the dataset is missing) and return the exported Hugging Face model."""
     train = config.train
     seed_everything(config.seed, workers=True)
-    model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
+    model = resolve_model(config.model, config.cache_dir, config.data_root)
     datamodule = RewrittenDataModule(config, output_dir)
     export_dir = output_dir / EXPORT_DIR
     checkpoint_dir = output_dir / CHECKPOINT_DIR
-    module = FineTuningModule(model_path, config.model.dtype, train, export_dir)
+    module = FineTuningModule(model, config.model.dtype, train, export_dir)
     callbacks = list(callbacks or [])
     if train.checkpoint.every_n_steps is not None:
         callbacks.append(
@@ -56,7 +56,7 @@ def run_training(
         accelerator=train.strategy.accelerator,
         devices=train.strategy.devices,
         num_nodes=train.strategy.num_nodes,
-        strategy=build_strategy(train, model_path),
+        strategy=build_strategy(train, model),
         precision=lightning_precision(train),
         max_steps=train.max_steps or -1,
         max_epochs=train.max_epochs,
@@ -79,7 +79,7 @@ def run_training(
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(train.checkpoint.resume, checkpoint_dir))
     if trainer.is_global_zero:
-        load_tokenizer(model_path).save_pretrained(export_dir)
+        load_tokenizer(model).save_pretrained(export_dir)
     return export_dir
 
 

@@ -14,11 +14,11 @@ import functools
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from transformers import AutoConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from mindgap.config import StrategyConfig, TrainConfig
 from mindgap.errors import ConfigError
+from mindgap.models import ModelSource, load_model_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SHARDED = ("fsdp2", "fsdp")
@@ -51,9 +51,9 @@ def lightning_precision(train: TrainConfig) -> str:
     return "32-true" if train.strategy.name in SHARDED else resolved_precision(train)
 
 
-def decoder_layer_names(model_path: str) -> set[str]:
+def decoder_layer_names(model: ModelSource) -> set[str]:
     """Class names of the model's repeated blocks (transformers' ``_no_split_modules``): the units of sharding."""
-    model_config = AutoConfig.from_pretrained(model_path)
+    model_config = load_model_config(model)
     return set(MODEL_FOR_CAUSAL_LM_MAPPING[type(model_config)]._no_split_modules)
 
 
@@ -61,7 +61,7 @@ def _is_decoder_layer(names: set[str], module: torch.nn.Module) -> bool:
     return type(module).__name__ in names
 
 
-def build_strategy(train: TrainConfig, model_path: str) -> str | Strategy:
+def build_strategy(train: TrainConfig, model: ModelSource) -> str | Strategy:
     """The Trainer's ``strategy`` argument."""
     config = train.strategy
     if config.name == "single":
@@ -79,7 +79,7 @@ def build_strategy(train: TrainConfig, model_path: str) -> str | Strategy:
     from torch.distributed.fsdp import MixedPrecision
     from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
-    names = decoder_layer_names(model_path)
+    names = decoder_layer_names(model)
     return FSDPStrategy(
         auto_wrap_policy=functools.partial(
             lambda_auto_wrap_policy, lambda_fn=functools.partial(_is_decoder_layer, names)
