@@ -74,8 +74,9 @@ class Record:
     # The full prompt the response was generated under (standard, guided or rewrite).
     behavior_prompt: str
     # log π₀ of each response token under behavior_prompt, from the Hugging Face model's own forward
-    # (DESIGN.md §1); for expert text, of its tokenisation as trained (mindgap.data.collate). None before
-    # the rescoring pass.
+    # (DESIGN.md §1), at the record's sampling temperature and top-p (T = 1 for greedy and expert records;
+    # mindgap.rewriting.rescore); for expert text, of its tokenisation as trained (mindgap.data.collate).
+    # None before the rescoring pass.
     rescored_logprobs: list[float] | None = None
     generator: GeneratorInfo = field(default_factory=GeneratorInfo)
     attempts: Attempts = field(default_factory=Attempts)
