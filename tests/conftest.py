@@ -9,7 +9,7 @@ import pytest
 
 from mindgap.config import PROJECT_ROOT, TinyModelConfig
 
-DATA_ROOT = str(PROJECT_ROOT.parent / "shared" / "data")
+DATA_ROOT = os.environ.get("MINDGAP_DATA_ROOT") or str(PROJECT_ROOT.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session", autouse=True)
