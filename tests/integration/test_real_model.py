@@ -141,7 +141,7 @@ def test_training_and_evaluation_on_the_real_model(
         "train",
         f"train.dataset_path={rewritten['mind_the_gap'] / 'dataset'}",
         "loss=is",
-        "loss.clip.max=5.0",
+        "train.loss.clip.max=5.0",
         "train.max_steps=2",
         "train.micro_batch_size=2",
         "train.max_length=384",
@@ -166,7 +166,7 @@ def test_training_and_evaluation_on_the_real_model(
         "eval.limit=2",
         "n_samples=1",
         "temperature=0.0",
-        "max_tokens=48",
+        "max_tokens=32",
         f"output_dir={eval_dir}",
     )
     results = json.loads(next(eval_dir.rglob("results.json")).read_text())
