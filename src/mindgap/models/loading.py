@@ -59,10 +59,14 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_model_path(model: ModelConfig, cache_dir: str, data_root: str) -> str:
-    """A local directory or hub id for ``model``; builds the tiny or the toy model on first use."""
+    """A local directory or hub id for ``model``; builds the tiny or toy model, or converts a GGUF, on first use."""
     if model.name_or_path is not None:
         local = Path(model.name_or_path).expanduser()
         return str(local) if local.exists() else model.name_or_path
+    if model.gguf is not None:
+        from mindgap.models.gguf import build_gguf_model
+
+        return str(build_gguf_model(model.gguf, cache_dir))
     if model.toy is not None:
         from mindgap.toy.pretraining import build_toy_model
 

@@ -3,7 +3,8 @@
 The tokenizer is trained with ``tokenizers`` on the task text (problems and expert
 solutions of the corpus sources, plus the prompt templates), gets a chat template, and is
 saved with the model through ``save_pretrained``, so every stage loads it exactly like a
-real model.
+real model. ``build_from_config_file`` gives a real architecture (a config.json) random weights
+and this tokenizer, for the GPU tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from mindgap.config import TinyModelConfig, ToyModelConfig
 from mindgap.data.sources import data_config, load_problems
+from mindgap.models.loading import load_tokenizer
 from mindgap.prompts import GUIDED_REQUEST, TEMPLATES
 
 # Bump when the build procedure changes, so that old cache entries are not reused.
@@ -150,3 +159,26 @@ def build_tiny_model(spec: TinyModelConfig, cache_dir: str, data_root: str) -> P
     """The directory of the tiny model for ``spec``, built on first use (safe under concurrent builds)."""
     texts = corpus_texts(spec, data_root)
     return build_once(tiny_model_dir(spec, cache_dir, texts), lambda staging: _build(spec, texts, staging))
+
+
+def build_from_config_file(config_file: Path, tokenizer_dir: str, cache_dir: str, seed: int = 0) -> Path:
+    """A model of a real architecture (a config.json, e.g. Qwen2.5-0.5B's) with random weights, never downloaded.
+
+    The tokenizer is ``tokenizer_dir``'s (e.g. the tiny model's): its ids are a subset of the vocabulary,
+    so every stage loads and runs the model as the real one, at its real size and speed.
+    """
+    config_text = Path(config_file).read_text()
+    digest = hashlib.sha256(f"{config_text}:{seed}:{BUILDER_VERSION}".encode()).hexdigest()[:16]
+    target = Path(cache_dir).expanduser() / "models" / f"{Path(config_file).stem}-random-{digest}"
+
+    def build(staging: Path) -> None:
+        config = AutoConfig.for_model(**json.loads(config_text))
+        tokenizer = load_tokenizer(str(tokenizer_dir))
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        eos_id, pad_id = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
+        model.generation_config = GenerationConfig(eos_token_id=[eos_id, pad_id], pad_token_id=pad_id)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return build_once(target, build)

@@ -1,12 +1,21 @@
 """The rescoring pass: behaviour log-probs of every record from the Hugging Face model's own forward.
 
-``rescored_logprobs`` is log π₀(y_t | behavior_prompt, y_<t) at temperature 1: the standard prompt
-for self and expert records, the guided prompt for guided ones (DESIGN.md §1). Training against
-these makes the importance weight exactly 1 at step 0 for self data, whatever engine sampled it.
+``rescored_logprobs`` is the log-prob of each response token under the distribution the record was
+drawn from: π₀(· | behavior_prompt, y_<t) with the logits divided by the record's temperature and
+renormalised over its top-p nucleus (``top_p_logprobs``, the rule both generators sample by). The
+prompt is the standard one for self and expert records, the guided one for guided records
+(DESIGN.md §1). So ``is`` weights π_θ / β are against what the data was sampled from at any
+temperature, and at T = 1, top-p = 1 the weight of self data is exactly 1 at step 0, whatever engine
+sampled it.
 
-The generator's recorded values are of the *sampling* distribution (temperature, top-p), so the
-engine-mismatch diagnostic compares them with the same forward rescaled by the record's
-temperature and renormalised over its top-p set.
+Records without a sampling density get log π₀ at temperature 1: expert text (nothing sampled it) and
+greedy records (T = 0, a point mass on the argmax). For greedy records this treats the response as a
+draw of the model whose mode it is, so the weight starts at 1 and measures how far training moved
+from that model; the point mass itself (log β = 0) would give the DFT weight π_θ(y_t).
+
+The generator's recorded values follow the same rule, so the recorded-vs-rescored gap compares the
+two directly: what is left is engine and batching numerics (KV-cached decoding against one full
+forward), never a difference of distributions.
 """
 
 from __future__ import annotations
@@ -17,26 +26,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mindgap.data.collate import response_ids
+from mindgap.generation.distribution import top_p_logprobs
 from mindgap.models import ModelSource, load_causal_lm
 from mindgap.records import Record
-
-
-def top_p_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Log-probs of the sampling distribution: logits / T, then renormalised over the top-p nucleus.
-
-    Same rule as transformers' TopPLogitsWarper and vLLM's processed log-probs: tokens are removed
-    while the probability mass of the smaller tokens stays within 1 - top_p; the most likely token
-    always stays.
-    """
-    scaled = logits / temperature if temperature > 0 else logits
-    if top_p < 1:
-        sorted_logits, order = torch.sort(scaled, dim=-1, descending=False)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove_sorted = cumulative <= 1 - top_p
-        remove_sorted[..., -1] = False
-        remove = remove_sorted.scatter(-1, order, remove_sorted)
-        scaled = scaled.masked_fill(remove, float("-inf"))
-    return scaled.log_softmax(dim=-1)
 
 
 class Rescorer:
@@ -66,15 +58,15 @@ class Rescorer:
         largest_gap: dict[str, float] = defaultdict(float)
         for start in range(0, len(records), self.batch_size):
             batch = records[start : start + self.batch_size]
-            for record, (rescored, sampling_logprobs) in zip(batch, self._score_batch(batch), strict=True):
+            for record, rescored in zip(batch, self._score_batch(batch), strict=True):
                 record.rescored_logprobs = rescored.tolist()
                 if record.behavior_logprobs is not None:
                     recorded = torch.tensor(record.behavior_logprobs, dtype=torch.float32)
-                    gap = (recorded - sampling_logprobs).abs().max().item()
+                    gap = (recorded - rescored).abs().max().item()
                     largest_gap[record.source] = max(largest_gap[record.source], gap)
         return dict(largest_gap)
 
-    def _score_batch(self, records: list[Record]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _score_batch(self, records: list[Record]) -> list[torch.Tensor]:
         prompts = [self.tokenizer(r.behavior_prompt, add_special_tokens=False)["input_ids"] for r in records]
         responses = [
             response_ids({"response": r.response, "response_token_ids": r.response_token_ids}, self.tokenizer)
@@ -102,12 +94,11 @@ class Rescorer:
             # Logits at position i predict token i + 1: the response's predictors end one before the last.
             predictors = logits[row, keep - 1 - len(response) : keep - 1]
             targets = torch.tensor(response, device=self.device)
-            rescored = -torch.nn.functional.cross_entropy(predictors, targets, reduction="none")
-            if record.behavior_logprobs is None:
-                sampling_logprobs = rescored
+            info = record.generator
+            if info.temperature == 0:
+                rescored = -torch.nn.functional.cross_entropy(predictors, targets, reduction="none")
             else:
-                info = record.generator
-                sampled = top_p_logprobs(predictors, info.temperature, info.top_p)
-                sampling_logprobs = sampled.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            scored.append((rescored.cpu(), sampling_logprobs.cpu()))
+                sampled = top_p_logprobs(predictors, info.temperature, info.top_p, keep=targets)
+                rescored = sampled.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            scored.append(rescored.cpu())
         return scored
