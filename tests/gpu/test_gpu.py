@@ -33,12 +33,12 @@ TRAIN = [
     "train.progress_bar=false",
     "train.strategy.accelerator=gpu",
 ]
-# The bf16 settings each strategy takes today: Lightning's bf16-mixed for single; the FSDP strategies keep
-# precision=32-true and gather parameters in bf16 (param_dtype), their fp32 shards being the masters.
+# bf16 compute over fp32 master weights under every strategy (train.precision=bf16-mixed): Lightning's
+# autocast for single, the FSDP mixed-precision policies over fp32 shards for fsdp2 and fsdp.
 STRATEGIES = {
-    "single": ["strategy=single", "train.strategy.precision=bf16-mixed"],
-    "fsdp2": ["strategy=fsdp2", "train.strategy.devices=1", "train.strategy.param_dtype=bfloat16"],
-    "fsdp": ["strategy=fsdp", "train.strategy.devices=1", "train.strategy.param_dtype=bfloat16"],
+    "single": ["strategy=single", "train.precision=bf16-mixed"],
+    "fsdp2": ["strategy=fsdp2", "train.strategy.devices=1", "train.precision=bf16-mixed"],
+    "fsdp": ["strategy=fsdp", "train.strategy.devices=1", "train.precision=bf16-mixed"],
 }
 
 
