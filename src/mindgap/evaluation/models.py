@@ -28,11 +28,13 @@ from omegaconf import OmegaConf
 
 from mindgap.config import MindgapConfig, ModelConfig, require_label, to_typed
 from mindgap.errors import ConfigError
+from mindgap.fingerprints import config_fingerprint, file_digest
 from mindgap.models import (
     ModelSource,
     load_generation_config,
     load_model_config,
     load_tokenizer,
+    model_fingerprint,
     resolve_model,
     resolve_model_path,
 )
@@ -374,6 +376,20 @@ def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
             " of mindgap-train?)"
         )
     return weights
+
+
+def weights_fingerprint(model: EvalModel, cache_dir: str) -> str:
+    """Identifies the weights without exporting a checkpoint: the checkpoint's content and its base model."""
+    if model.kind != "checkpoint":
+        return model_fingerprint(model.source, cache_dir)
+    assert model.checkpoint is not None
+    checkpoint = Path(model.checkpoint)
+    if checkpoint.is_dir():
+        files = sorted(path for path in checkpoint.rglob("*") if path.is_file())
+        contents = [(str(file.relative_to(checkpoint)), file_digest(file, cache_dir)) for file in files]
+    else:
+        contents = [("", file_digest(checkpoint, cache_dir))]
+    return "checkpoint:" + config_fingerprint([contents, model_fingerprint(model.base_source, cache_dir)])
 
 
 def _source_record(model: EvalModel) -> dict[str, Any]:

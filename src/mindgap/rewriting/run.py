@@ -27,15 +27,16 @@ from tqdm.auto import tqdm
 from mindgap.config import MindgapConfig
 from mindgap.data.sources import SkippedRecord, load_problems
 from mindgap.errors import DataError, MindgapError
-from mindgap.fingerprints import config_fingerprint, problems_fingerprint
+from mindgap.fingerprints import config_fingerprint, problems_fingerprint, verifier_fingerprint
 from mindgap.generation import Generator, make_generator
 from mindgap.models import ModelSource, load_tokenizer, model_fingerprint, resolve_model
+from mindgap.prompts import prompts_fingerprint
 from mindgap.records import FEATURES, SOURCES, Problem, Record
 from mindgap.rewriting import rl_agent
 from mindgap.rewriting.rescore import Gaps, Rescorer, without_nonfinite
 from mindgap.rewriting.stages import BatchVerifier, StageStats, expert_record
 from mindgap.rewriting.strategies import REFERENCE_REWRITE_STRATEGIES, make_rewriter, uses_generator
-from mindgap.verify import Verifier, gold_problem
+from mindgap.verify import Verifier
 
 DATASET_DIR = "dataset"
 MANIFEST = "manifest.json"
@@ -61,16 +62,18 @@ class StageResult:
     sample_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def _usable_problems(problems: list[Problem], strict: bool, skipped: list[SkippedRecord]) -> list[Problem]:
+def _usable_problems(
+    problems: list[Problem], strict: bool, skipped: list[SkippedRecord], verifier: Verifier
+) -> list[Problem]:
+    """The problems with an expert solution and a gold answer the (configured) verifier can read."""
     usable = []
-    for problem in problems:
+    gold_reasons = verifier.gold_problems([problem.answer for problem in problems])
+    for problem, gold_reason in zip(problems, gold_reasons, strict=True):
         reason = None
         if not problem.expert_solution:
             reason = f"record {problem.id}: empty expert solution (data.fields.solution)"
-        else:
-            gold_reason = gold_problem(problem.answer)
-            if gold_reason is not None:
-                reason = f"record {problem.id}: {gold_reason} (data.fields.answer)"
+        elif gold_reason is not None:
+            reason = f"record {problem.id}: {gold_reason} (data.fields.answer)"
         if reason is None:
             usable.append(problem)
         elif strict:
@@ -91,11 +94,13 @@ def stage_fingerprint(config: MindgapConfig, problems: list[Problem], model: Mod
     inputs = {
         "chunk_format": CHUNK_FORMAT,
         "model": dataclasses.asdict(config.model),
-        "weights": model_fingerprint(model),
+        "weights": model_fingerprint(model, config.cache_dir),
         "problems": problems_fingerprint(problems),
         "generator": dataclasses.asdict(config.generator),
         "rewrite": rewrite,
         "prompt_type": config.prompt_type,
+        "prompts": prompts_fingerprint(config.prompt_type),
+        "verifier": verifier_fingerprint(config.verifier),
         "seed": config.seed,
     }
     return config_fingerprint(inputs)
@@ -147,7 +152,8 @@ class RewriteStage:
         self.started = time.time()
         loaded = load_problems(config.data, config.data_root, strict=config.rewrite.strict)
         self.skipped = loaded.skipped
-        self.problems = _usable_problems(loaded.problems, config.rewrite.strict, self.skipped)
+        with Verifier.from_config(config.verifier) as verifier:
+            self.problems = _usable_problems(loaded.problems, config.rewrite.strict, self.skipped, verifier)
         if not self.problems:
             raise DataError(f"data {config.data.name}: no usable problems to rewrite")
         self.model = resolve_model(config.model, config.cache_dir, config.data_root)
