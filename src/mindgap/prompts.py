@@ -8,6 +8,9 @@ plain scaffolds that belong to no model family: ``ALIGNMENT_SCAFFOLD`` and ``VAL
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 from transformers import PreTrainedTokenizerBase
 
 from mindgap.errors import ConfigError
@@ -99,3 +102,34 @@ def alignment_scaffold(problem: str) -> str:
 
 def validity_judge_prompt(problem: str, gold: str, solution: str) -> str:
     return VALIDITY_JUDGE.format(problem=problem, gold=gold, solution=solution)
+
+
+class _ShowMessages:
+    """Stands in for a chat tokenizer: renders the messages themselves (the template is in the model fingerprint)."""
+
+    chat_template = "messages"
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: object) -> str:
+        return repr(messages)
+
+
+PROBE_PROBLEM, PROBE_SOLUTION = "What is 1 + 1?", "1 + 1 = 2, so the answer is \\boxed{2}."
+
+
+def prompts_fingerprint(prompt_type: str) -> str:
+    """Hash of every prompt the stages render, on a fixed probe problem: a changed template text is a new result.
+
+    Under ``prompt_type=chat`` the messages are hashed; the chat template belongs to the tokenizer files, which
+    the model fingerprint hashes.
+    """
+    tokenizer: Any = _ShowMessages() if prompt_type == "chat" else None
+    texts = [
+        standard_prompt(PROBE_PROBLEM, prompt_type, tokenizer),
+        guided_prompt(PROBE_PROBLEM, PROBE_SOLUTION, prompt_type, tokenizer),
+        rewrite_prompt(PROBE_PROBLEM, PROBE_SOLUTION, prompt_type, tokenizer),
+        alignment_scaffold(PROBE_PROBLEM),
+        validity_judge_prompt(PROBE_PROBLEM, "2", PROBE_SOLUTION),
+        VALIDITY_YES,
+        VALIDITY_NO,
+    ]
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]

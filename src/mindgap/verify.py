@@ -40,6 +40,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from itertools import accumulate, islice
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +52,9 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- extraction
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_GSM8K = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
+# Everything after the marker to the end of its line (stripped by the caller). Not ``(.+?)\s*$``: the lazy group
+# retries the trailing \s* at every step, quadratic on a long run of spaces.
+_GSM8K = re.compile(r"####\s*(\S.*)")
 _THE_ANSWER_IS = re.compile(r"the (?:final )?answer is[:\s]*(.+?)(?:\.\s|\.?$)", re.IGNORECASE | re.MULTILINE)
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 # A unit written as text after a number: "5 \text{ cm}", "12 \mbox{dollars}".
@@ -66,43 +68,64 @@ _LATEX_COMMAND = re.compile(r"\\[A-Za-z]")
 _CHOICE = re.compile(r"\(([a-z])\)")
 _EMPTY_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\}")
 # A multiple-choice answer written with its value: "(C) 12", "\textbf{(C)}\ 12" (wrappers already removed).
-_CHOICE_WITH_VALUE = re.compile(r"\(([A-Za-z])\)\s*(?:\\[,;:! ]|\\q?quad(?![A-Za-z])|~|\s)*(\S.*)", re.DOTALL)
+# (No \s* before the group: it would split a run of spaces with the group's \s, quadratic when the match fails.)
+_CHOICE_WITH_VALUE = re.compile(r"\(([A-Za-z])\)(?:\\[,;:! ]|\\q?quad(?![A-Za-z])|~|\s)*(\S.*)", re.DOTALL)
 # Plain words/numbers: what a gold answer may be without math-verify having to parse it.
 _PLAIN_TEXT = re.compile(r"[A-Za-z0-9 .,:;'()\-+/%]*[A-Za-z0-9][A-Za-z0-9 .,:;'()\-+/%]*")
 
-# Answers longer than this never go to math-verify (they are only compared as strings).
+# A box command and its argument: an opening brace, or a bare token (``\\boxed 5``).
+# (The bare token is only looked at, not consumed: "\\boxed \\boxed 5" holds two boxes.)
+_BOX_ARGUMENT = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])[ \t]*(?:(\{)|(?=([^\s${}]+)))?")
+_BRACE = re.compile(r"[{}]")
+_BRACE_STEP = {"{": 1, "}": -1}
+
+# Answers longer than this never go to math-verify, and are not normalised either: a verdict compares them as
+# they are (so they are wrong unless equal to the gold text), and the verifier counts them (``long_answers``).
+# The cap keeps every pattern that normalisation applies (nested wrappers unwrapped one level per pass) on a
+# bounded text, whatever a looping model writes.
 MAX_ANSWER_CHARS = 2000
 
 
-def _boxed_content(text: str, position: int) -> str | None:
-    """Content of the box whose command ends at ``position`` (braces balanced; ``\\boxed 5`` also counts)."""
-    while position < len(text) and text[position] in " \t":
-        position += 1
-    if position >= len(text):
+def _closing_brace(text: str, start: int, limit: int) -> int | None:
+    """Position of the ``}`` that balances the ``{`` at ``start``, if it comes before ``limit``.
+
+    Plain string searches decide the common cases (no closing brace at all; no brace inside); otherwise the
+    depth after each brace is computed by C loops (findall, map, accumulate, index), not per brace in Python.
+    """
+    first_close = text.find("}", start, limit)
+    if first_close < 0:
         return None
-    if text[position] != "{":
-        bare = re.match(r"[^\s${}]+", text[position:])
-        return bare.group(0).rstrip(".") if bare else None
-    start = position + 1
-    depth = 1
-    for position in range(start, len(text)):
-        if text[position] == "{":
-            depth += 1
-        elif text[position] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:position].strip()
-    return None
+    if text.find("{", start + 1, first_close) < 0:
+        return first_close
+    depths = list(accumulate(map(_BRACE_STEP.__getitem__, _BRACE.findall(text, start, limit))))
+    try:
+        closing = depths.index(0)
+    except ValueError:
+        return None
+    return next(islice(_BRACE.finditer(text, start, limit), closing, None)).start()
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` that has any, or None.
+    """Content of the last ``\\boxed{...}`` that has any (braces balanced; ``\\boxed 5`` also counts), or None.
 
     An empty box is no answer: models write "#### 7 ... The answer is \\boxed{}." at times, and the
     earlier real answer must not lose to it.
+
+    Linear in the text: boxes are tried from the last, and a box still open where a later unclosed box
+    begins never closes (every brace of the later one stays open too), so each search for a closing brace
+    stops at the previous unclosed box and no stretch of text is searched twice.
     """
-    for match in reversed(list(_BOXED.finditer(text))):
-        content = _boxed_content(text, match.end())
+    limit = len(text)
+    for box in reversed(list(_BOX_ARGUMENT.finditer(text))):
+        brace, bare = box.groups()
+        if brace is not None:
+            end = _closing_brace(text, box.start(1), limit)
+            if end is None:
+                limit = box.start(1)
+                continue
+            content = text[box.end(1) : end].strip()
+        else:
+            content = bare.rstrip(".") if bare is not None else None
         if content:
             return content
     return None
@@ -117,7 +140,7 @@ def extract_answer(response: str) -> str | None:
     boxed = last_boxed(response)
     if boxed is not None:
         return boxed
-    hashes = [found.strip() for found in _GSM8K.findall(response) if not _is_empty_box(found)]
+    hashes = [found for found in map(str.strip, _GSM8K.findall(response)) if not _is_empty_box(found)]
     if hashes:
         return hashes[-1]
     stated = [found for found in _THE_ANSWER_IS.findall(response) if not _is_empty_box(found)]
@@ -134,11 +157,13 @@ def _strip_dollars(answer: str) -> str:
 
 
 def normalize_answer(answer: str) -> str:
-    """Canonical text for exact comparison: no $, spacing, thousands commas or \\text wrappers."""
-    text = _strip_dollars(answer)
-    previous = None
-    while previous != text:  # nested wrappers: \text{\textbf{B}}
-        previous, text = text, _TEXT_WRAPPER.sub(r"\1", text)
+    """Canonical text for exact comparison: no $, spacing, thousands commas or \\text wrappers.
+
+    An answer longer than ``MAX_ANSWER_CHARS`` stays as it is (stripped).
+    """
+    if len(answer) > MAX_ANSWER_CHARS:
+        return answer.strip()
+    text = _without_wrappers(_strip_dollars(answer))
     text = _SPACING.sub("", text).replace("\\$", "").replace("$", "").replace("{,}", ",")
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\u2212", "-")
     text = _THOUSANDS.sub("", text)
@@ -151,6 +176,8 @@ def normalize_answer(answer: str) -> str:
 
 def as_number(answer: str) -> Fraction | None:
     """The answer as an exact rational when it is a plain number (``1,000``, ``-3.5``, ``2/3``, ``5 \\text{cm}``)."""
+    if len(answer) > MAX_ANSWER_CHARS:
+        return None
     text = _strip_dollars(answer)
     unit = _UNIT_SUFFIX.match(text)
     if unit:
@@ -175,11 +202,17 @@ def _is_plain_text(answer: str) -> bool:
 
 
 def _unwrapped(answer: str) -> str:
-    text = _strip_dollars(answer)
+    if len(answer) > MAX_ANSWER_CHARS:
+        return answer.strip()
+    return _without_wrappers(_strip_dollars(answer)).strip()
+
+
+def _without_wrappers(text: str) -> str:
+    """``text`` with ``\\text{}``-like wrappers removed, nested ones too (one level a pass: keep texts short)."""
     previous = None
     while previous != text:  # nested wrappers: \text{\textbf{B}}
         previous, text = text, _TEXT_WRAPPER.sub(r"\1", text)
-    return text.strip()
+    return text
 
 
 def comparand(predicted: str, gold: str) -> str:
@@ -233,6 +266,8 @@ class VerifierCounters:
     timeouts: int = 0
     # worker processes killed (hung past the limit) or found dead, and replaced
     restarts: int = 0
+    # extracted answers longer than MAX_ANSWER_CHARS: compared as they are, not normalised (so scored wrong)
+    long_answers: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -332,6 +367,7 @@ class Verifier:
                 predicted = extract_answer(response or "")
                 predicted = predicted if predicted and predicted.strip() else None
                 predictions.append(predicted)
+                self.counters.long_answers += predicted is not None and len(predicted) > MAX_ANSWER_CHARS
                 gold = (gold or "").strip()
                 if predicted is None or not gold:
                     verdicts[index] = Verdict(False, predicted)

@@ -1,4 +1,5 @@
-"""What training takes from a dataset: overlong and empty records are counted, by policy, never NaN."""
+"""What training takes from a dataset: overlong and empty records are counted, by policy, never NaN; a given
+dataset is checked against the record schema first."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs, to_typed
 from mindgap.data.datamodule import DATA_REPORT, RewrittenDataModule
-from mindgap.errors import ConfigError
+from mindgap.errors import ConfigError, DataError
 from mindgap.records import FEATURES
 from mindgap.rewrite import rewrite
 from mindgap.training.run import run_training
@@ -56,10 +57,32 @@ def test_overlong_and_empty_records_are_counted(
     assert all(len(example.input_ids) <= 300 and example.loss_tokens > 0 for example in datamodule.examples)
 
 
+def test_given_dataset_is_validated_before_the_model_loads(
+    tmp_path: Path, awkward_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the dataset was validated")
+
+    monkeypatch.setattr("mindgap.training.module.load_causal_lm", no_model)
+    config = _config(tmp_path, f"train.dataset_path={awkward_dataset}")
+    # Row 3 is a model response without its text and tokens: not a record of the schema.
+    with pytest.raises(DataError, match=f"train.dataset_path={awkward_dataset}: row 3: record .*: field 'response'"):
+        run_training(config, tmp_path, logger=None)
+
+
+@pytest.fixture(scope="module")
+def overlong_dataset(awkward_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The awkward records that are valid records: the long one and two ordinary ones."""
+    rows = [row for index, row in enumerate(load_from_disk(str(awkward_dataset))) if index != 2]
+    path = tmp_path_factory.mktemp("overlong") / "dataset"
+    Dataset.from_list(rows, features=FEATURES).save_to_disk(str(path))
+    return path
+
+
 @pytest.mark.slow
-def test_training_on_the_awkward_records_has_finite_losses(tmp_path: Path, awkward_dataset: Path) -> None:
+def test_training_on_the_awkward_records_has_finite_losses(tmp_path: Path, overlong_dataset: Path) -> None:
     config = _config(
-        tmp_path, f"train.dataset_path={awkward_dataset}", "train.max_length=300", "logger=csv", "loss=dft"
+        tmp_path, f"train.dataset_path={overlong_dataset}", "train.max_length=300", "logger=csv", "loss=dft"
     )
     from mindgap.app import stage_tracker
 

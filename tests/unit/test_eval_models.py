@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -184,3 +186,67 @@ def test_checkpoint_of_another_architecture_is_refused(tiny_model_path: str, tmp
     torch.save({"state_dict": {"encoder.weight": torch.zeros(1)}}, not_ours)
     with pytest.raises(ConfigError, match=r"has no weights under 'model\.'"):
         checkpoint_weights(not_ours)
+
+
+class _RunsACall:
+    """Unpickles into a call: touches ``marker`` (what ``os.system`` of an attacker's choice would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _evil_file(path: Path, marker: Path) -> Path:
+    torch.save({"state_dict": {}, "hyper_parameters": {"model_path": _RunsACall(marker)}}, path)
+    return path
+
+
+def _evil_sharded_bytes(path: Path, marker: Path) -> Path:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(
+        {"state_dict": {"model.w": torch.zeros(2)}, "extra": _RunsACall(marker)}, checkpoint_id=str(path), no_dist=True
+    )
+    return path
+
+
+def _evil_sharded_metadata(path: Path, marker: Path) -> Path:
+    _evil_sharded_bytes(path, marker.with_name("unused"))
+    (path / ".metadata").write_bytes(pickle.dumps(_RunsACall(marker)))
+    return path
+
+
+def _evil_sharded_extras(path: Path, marker: Path) -> Path:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"state_dict": {"model.w": torch.zeros(2)}}, checkpoint_id=str(path), no_dist=True)
+    torch.save({"hyper_parameters": _RunsACall(marker)}, path / "meta.pt")
+    return path
+
+
+# (how the checkpoint is made, whether the call is in what is read to find the base model)
+EVIL_CHECKPOINTS = [
+    (_evil_file, True),
+    (_evil_sharded_bytes, False),
+    (_evil_sharded_metadata, False),
+    (_evil_sharded_extras, True),
+]
+
+
+@pytest.mark.parametrize(("make", "in_extras"), EVIL_CHECKPOINTS, ids=[row[0].__name__ for row in EVIL_CHECKPOINTS])
+def test_checkpoint_whose_pickle_runs_a_call_is_refused(
+    make, in_extras: bool, tiny_model_path: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    checkpoint = make(tmp_path / "evil.ckpt", marker)
+    assert not marker.exists()
+    # Without eval.base_model the checkpoint's hyper-parameters are read first; with it, only its weights.
+    for overrides in (
+        ([f"eval.base_model={tiny_model_path}"], []) if in_extras else ([f"eval.base_model={tiny_model_path}"],)
+    ):
+        with pytest.raises(ConfigError, match=f"checkpoint {checkpoint}: refused, it pickles objects") as refused:
+            materialise(resolve_models(eval_config(f"models=[{checkpoint}]", *overrides), tmp_path)[0])
+        assert "\n" not in str(refused.value)
+    assert not marker.exists()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from datasets import load_from_disk
+from hydra import compose, initialize_config_dir
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from mindgap.config import SamplingConfig
+from mindgap.config import CONFIG_DIR, MindgapConfig, SamplingConfig, register_configs, to_typed
 from mindgap.data.collate import response_ids
 from mindgap.generation.distribution import top_p_logprobs
 from mindgap.generation.hf import HFGenerator
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import GeneratorInfo, Record
-from mindgap.rewriting.rescore import Rescorer
+from mindgap.rewriting.rescore import Gaps, Rescorer, without_nonfinite
 
 QUESTIONS = ["What is 2+3?", "Tom has 4 apples and eats one. How many are left?", "Half of 12?"]
 EXPERT = "Tom eats one apple, so 4 - 1 = 3 are left.\nThe final answer is $\\boxed{3}$."
@@ -81,7 +86,7 @@ def test_rescoring_reproduces_the_recorded_sampling_logprobs(
     n = 2 if temperature > 0 else 1
     records = _records(generator, SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=12))
     rescorer = Rescorer(tiny_model_path, "float32", generator.tokenizer, batch_size=4)
-    gaps = rescorer.rescore(records)
+    gaps = rescorer.rescore(records).largest
     # HF generate (KV cache, left-padded batch) against one full forward: fp32 rounding only.
     assert set(gaps) == {"self", "guided"} and max(gaps.values()) < 1e-4
     for record in records:
@@ -111,3 +116,86 @@ def test_rescoring_does_not_depend_on_batch_composition(generator: HFGenerator, 
         torch.testing.assert_close(
             torch.tensor(batched.rescored_logprobs), torch.tensor(single.rescored_logprobs), atol=1e-5, rtol=0
         )
+
+
+def _scored(record_id: str, source: str, logprobs: list[float]) -> Record:
+    tokens = [1] * len(logprobs) if source != "expert" else None
+    record = Record(
+        record_id, "q", "3", EXPERT, source, "r", tokens, None, "p", rescored_logprobs=[0.0] * len(logprobs)
+    )
+    record.rescored_logprobs = logprobs  # as Rescorer.rescore assigns them, past the record's own validation
+    return record
+
+
+def test_nonfinite_records_are_removed_and_their_problems_fall_back_or_drop() -> None:
+    nan, inf = float("nan"), float("inf")
+    records = [
+        _scored("a", "self", [-1.0, -2.0]),
+        _scored("a", "self", [nan, -2.0]),  # a has another self record: no fallback
+        _scored("b", "guided", [-inf]),  # b is left with nothing: its expert solution instead
+        _scored("c", "expert", [-1.0, inf]),  # c's expert text is not finite: c is dropped
+    ]
+
+    def experts(removed: list[Record]) -> list[Record]:
+        return [_scored(record.id, "expert", [-0.5]) for record in removed]
+
+    def rescore(fallbacks: list[Record]) -> None:
+        for record in fallbacks:
+            record.rescored_logprobs = [nan] if record.id == "c" else [-0.25]
+
+    outcome = without_nonfinite(records, experts, rescore)
+    assert [(record.id, record.source, record.rescored_logprobs) for record in outcome.records] == [
+        ("a", "self", [-1.0, -2.0]),
+        ("b", "expert", [-0.25]),
+    ]
+    assert outcome.removed == {"self": 1, "guided": 1, "expert": 1}
+    assert outcome.fell_back_to_expert == 1
+    assert list(outcome.dropped) == ["c"]
+
+
+def test_gaps_keep_infinite_ones_out_of_the_largest_and_count_them() -> None:
+    gaps = Gaps()
+    for source, gap in [("self", 0.5), ("self", float("inf")), ("guided", 0.1), ("self", 0.25)]:
+        gaps.add(source, gap)
+    assert gaps.largest == {"self": 0.5, "guided": 0.1}
+    assert gaps.nonfinite == {"self": 1}
+
+
+def test_stage_commits_no_nonfinite_logprob_and_writes_a_strict_manifest(
+    tiny_model_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mindgap.rewriting.run import run_rewrite_stage
+
+    score_batch, rescore = Rescorer._score_batch, Rescorer.rescore
+    poisoned = "gsm8k_train/1"
+
+    def nan_for_one_record(self, records):
+        scored = score_batch(self, records)
+        return [
+            torch.full_like(rescored, float("nan")) if record.id == poisoned else rescored
+            for record, rescored in zip(records, scored, strict=True)
+        ]
+
+    def with_an_infinite_gap(self, records):
+        gaps = rescore(self, records)
+        gaps.add("expert", float("inf"))  # expert text has no recorded log-probs: stand in for a sampled record's
+        return gaps
+
+    monkeypatch.setattr(Rescorer, "_score_batch", nan_for_one_record)
+    monkeypatch.setattr(Rescorer, "rescore", with_an_infinite_gap)
+    register_configs()
+    overrides = ["experiment=smoke", "rewrite=none", "data.limit=4", "rewrite.chunk_size=2"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("rewrite", overrides=[*overrides, f"rewrite.work_dir={tmp_path}", f"output_dir={tmp_path}/out"])
+    result = run_rewrite_stage(to_typed(cfg, MindgapConfig))
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    manifest = json.loads((result.dataset_dir.parent / "manifest.json").read_text(), parse_constant=refuse)
+    assert manifest["nonfinite_logprobs"] == {"removed": {"expert": 1}, "fell_back_to_expert": 0, "dropped": 1}
+    assert poisoned in manifest["dropped"]
+    assert manifest["logprob_gap_recorded_vs_rescored"] == {"expert": None}
+    assert manifest["logprob_gap_infinite"]["expert"] >= 1
+    rows = list(load_from_disk(str(result.dataset_dir)))
+    assert [row["id"] for row in rows] == ["gsm8k_train/0", "gsm8k_train/2", "gsm8k_train/3"]

@@ -151,11 +151,88 @@ def test_bad_records_are_counted_when_not_strict(tmp_path: Path) -> None:
     assert "field 'q' is empty" in reasons[2]
 
 
-def test_invalid_json_names_file_and_line(tmp_path: Path) -> None:
-    (tmp_path / "broken.jsonl").write_text(json.dumps(USER_ROWS[0]) + "\n{not json\n")
-    config = DataConfig(name="broken", path=str(tmp_path / "broken.jsonl"), fields=USER_FIELDS)
-    with pytest.raises(DataError, match=r"broken\.jsonl:2 is not valid JSON"):
+# Every malformed input of a jsonl file, as the line between two good records: (name, line, what the message says,
+# the record id it names or None when the line has none).
+GOOD_LINES = [{"uid": "g1", "q": "1+1?", "sol": "2", "a": 2}, {"uid": "g2", "q": "2+2?", "sol": "4", "a": "4"}]
+TYPED_FIELDS = FieldsConfig(id="uid", problem="q", solution="sol", answer="a")
+MALFORMED = [
+    ("undecodable bytes", b'{"uid": "u", "q": "caf\xe9?", "a": 1}', "not UTF-8 text (byte 0xe9 at column 23)", None),
+    ("json text", b'"just a string"', "holds text, not a record (a JSON object)", None),
+    ("json array", b"[1, 2]", "holds a list, not a record", None),
+    ("json number", b"42", "holds a number, not a record", None),
+    ("truncated json", b'{"uid": "t", "q": "cut', "not valid JSON", None),
+    (
+        "problem is an object",
+        b'{"uid": "o", "q": {"text": "hi"}, "sol": "s", "a": 1}',
+        "field 'q' holds an object",
+        "o",
+    ),
+    ("problem is a list", b'{"uid": "l", "q": ["hi"], "sol": "s", "a": 1}', "field 'q' holds a list", "l"),
+    ("problem is a number", b'{"uid": "k", "q": 7, "sol": "s", "a": 1}', "field 'q' holds a number", "k"),
+    ("answer is a boolean", b'{"uid": "b", "q": "x?", "sol": "s", "a": true}', "field 'a' holds a boolean", "b"),
+    ("answer is NaN", b'{"uid": "n", "q": "x?", "sol": "s", "a": NaN}', "field 'a' holds NaN", "n"),
+    ("answer is infinite", b'{"uid": "i", "q": "x?", "sol": "s", "a": -Infinity}', "field 'a' holds an infinity", "i"),
+    ("answer is an object", b'{"uid": "d", "q": "x?", "sol": "s", "a": {"v": 1}}', "field 'a' holds an object", "d"),
+    ("solution is a list", b'{"uid": "s", "q": "x?", "sol": ["s"], "a": 1}', "field 'sol' holds a list", "s"),
+    (
+        "id is an object",
+        b'{"uid": {"v": 1}, "q": "x?", "sol": "s", "a": 1}',
+        "field 'uid' (the id) holds an object",
+        None,
+    ),
+]
+
+
+def _file_with(tmp_path: Path, middle: bytes) -> tuple[Path, DataConfig]:
+    path = tmp_path / "bad.jsonl"
+    good = [json.dumps(row).encode() for row in GOOD_LINES]
+    path.write_bytes(b"\n".join([good[0], middle, good[1]]) + b"\n")
+    return path, DataConfig(name="bad", path=str(path), fields=TYPED_FIELDS)
+
+
+@pytest.mark.parametrize(("name", "line", "says", "record_id"), MALFORMED, ids=[row[0] for row in MALFORMED])
+def test_malformed_line_gets_one_line_naming_file_line_and_record(
+    tmp_path: Path, name: str, line: bytes, says: str, record_id: str | None
+) -> None:
+    path, config = _file_with(tmp_path, line)
+    with pytest.raises(DataError) as raised:
         load_problems(config, data_root="/unused")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"data 'bad': {path}:2: ")
+    assert says in message
+    if record_id is not None:
+        assert f"record bad/{record_id}:" in message
+
+
+@pytest.mark.parametrize(("name", "line", "says", "record_id"), MALFORMED, ids=[row[0] for row in MALFORMED])
+def test_malformed_line_is_skipped_and_listed_when_not_strict(
+    tmp_path: Path, name: str, line: bytes, says: str, record_id: str | None
+) -> None:
+    path, config = _file_with(tmp_path, line)
+    loaded = load_problems(config, data_root="/unused", strict=False)
+    assert [problem.id for problem in loaded.problems] == ["bad/g1", "bad/g2"]
+    (skipped,) = loaded.skipped
+    assert skipped.reason.startswith(f"data 'bad': {path}:2: ") and says in skipped.reason
+
+
+def test_bom_crlf_and_blank_lines_load_normally(tmp_path: Path) -> None:
+    path = tmp_path / "windows.jsonl"
+    lines = [json.dumps(row).encode() for row in GOOD_LINES]
+    path.write_bytes(b"\xef\xbb\xbf" + lines[0] + b"\r\n\r\n   \r\n" + lines[1] + b"\r\n\r\n")
+    config = DataConfig(name="win", path=str(path), fields=TYPED_FIELDS)
+    loaded = load_problems(config, data_root="/unused")
+    assert [(p.id, p.answer) for p in loaded.problems] == [("win/g1", "2"), ("win/g2", "4")]
+    assert loaded.skipped == []
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"], ids=["empty", "blank lines only"])
+@pytest.mark.parametrize("strict", [True, False])
+def test_empty_file_names_the_file(tmp_path: Path, content: bytes, strict: bool) -> None:
+    (tmp_path / "empty.jsonl").write_bytes(content)
+    config = DataConfig(name="empty", path=str(tmp_path / "empty.jsonl"), fields=TYPED_FIELDS)
+    with pytest.raises(DataError, match=f"data 'empty': {tmp_path / 'empty.jsonl'} holds no records"):
+        load_problems(config, data_root="/unused", strict=strict)
 
 
 # MMLU keeps options as a list and the answer as an index; ARC as {label, text} and the answer as a label

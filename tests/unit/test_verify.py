@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -202,6 +204,7 @@ def test_fast_path_starts_no_workers() -> None:
             "math_verify": 0,
             "timeouts": 0,
             "restarts": 0,
+            "long_answers": 0,
         }
 
 
@@ -271,3 +274,56 @@ def test_gold_problem_bad(gold: str, reason: str) -> None:
     problem = gold_problem(gold)
     assert problem is not None and reason in problem
     assert "\n" not in problem
+
+
+# Responses a looping model can write, 100k characters each, built from the pattern each one targets. Every
+# pattern over model output must stay linear on them (the old ones took tens of seconds on the first two).
+N = 100_000
+ADVERSARIAL = [
+    # (name, response, extracted answer, or None when there is none)
+    ("gsm8k marker then spaces", "#### 1" + " " * N + "x", "1" + " " * N + "x"),
+    ("nested text wrappers in a box", "\\boxed{" + "\\text{" * (N // 6) + "5" + "}" * (N // 6) + "}", ...),
+    ("nested text wrappers, unclosed", "\\text{" * (N // 6), None),
+    ("unclosed boxes", "\\boxed{" * (N // 7), None),
+    ("boxes opened inside a box", "\\boxed{" + "{" * N, None),
+    ("braces that never balance", "\\boxed{{" + "}{" * (N // 2), None),
+    ("bare boxes", "\\boxed " * (N // 7), "\\boxed"),
+    ("answer phrase then spaces", "the answer is" + " " * N + "x", "x"),
+    ("answer phrase then dots", "The answer is " + "." * N, ...),
+    ("repeated answer phrase", "the answer is " * (N // 14), ...),
+    ("gsm8k marker then newlines", "####" + "\n" * N, None),
+    ("dollars in a box", "\\boxed{" + "$" * N + "}", "$" * N),
+    ("choice letter then spaces", "\\boxed{(A)" + " " * N + "}", "(A)"),
+    ("numbers with unfinished units", "\\boxed{" + "1 \\text{ a" * (N // 10) + "}", None),
+]
+
+# Extraction and every fast-path step a verdict or a majority vote applies to the extracted answer.
+_FAST_PATH = """
+import sys
+from mindgap.verify import _fast_verdict, as_number, comparand, extract_answer, normalize_answer
+response = sys.stdin.read()
+answer = extract_answer(response)
+if answer is not None:
+    _fast_verdict(comparand(answer, "5"), "5")
+    normalize_answer(answer)
+    as_number(answer)
+sys.stdout.write(repr(answer))
+"""
+
+
+@pytest.mark.parametrize(("name", "response", "expected"), ADVERSARIAL, ids=[row[0] for row in ADVERSARIAL])
+def test_adversarial_responses_are_linear(name: str, response: str, expected: str | None) -> None:
+    # A hang guard, not a speed assertion: each case takes well under 0.1 s (see README), the old code minutes.
+    done = subprocess.run(
+        [sys.executable, "-c", _FAST_PATH], input=response, capture_output=True, text=True, timeout=5, check=True
+    )
+    if expected is not ...:
+        assert done.stdout == repr(expected)
+
+
+def test_long_answers_are_counted_and_not_normalised() -> None:
+    wrapped = "\\boxed{" + "\\text{" * 400 + "5" + "}" * 400 + "}"
+    with Verifier(workers=1) as fresh:
+        assert fresh.verify([wrapped, "\\boxed{\\text{5}}"], ["5", "5"])[0].correct is False
+        assert fresh.counters.long_answers == 1
+        assert fresh._pool is None

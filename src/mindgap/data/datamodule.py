@@ -19,6 +19,7 @@ from mindgap.data.collate import Collator, TokenizedExample, tokenize_record
 from mindgap.data.sources import load_problems
 from mindgap.errors import ConfigError, DataError
 from mindgap.models import load_tokenizer, resolve_model
+from mindgap.records import validate_record
 from mindgap.rewriting.expert import normalize_expert_solution
 from mindgap.rewriting.run import DATASET_DIR
 
@@ -61,12 +62,25 @@ class RewrittenDataModule(LightningDataModule):
         if self.config.train.dataset_path is not None:
             if not self.dataset_path.is_dir():
                 raise DataError(f"train.dataset_path={self.dataset_path} is not a saved dataset directory")
+            self._validate_given_dataset()
             return
         if self.config.rewrite.shard_index is not None:
             raise ConfigError("rewrite.shard_index is for mindgap-rewrite jobs; training needs every shard merged")
         from mindgap.rewrite import rewrite
 
         rewrite(self.config, self.rewrite_dir)
+
+    def _validate_given_dataset(self) -> None:
+        """Every row of ``train.dataset_path`` against the record schema, before the model loads (in setup).
+
+        The stage's own output is valid by construction (each Record validates itself); a given dataset may be
+        written by anything.
+        """
+        for number, row in enumerate(load_from_disk(str(self.dataset_path)), start=1):
+            try:
+                validate_record(row)
+            except DataError as error:
+                raise DataError(f"train.dataset_path={self.dataset_path}: row {number}: {error}") from None
 
     def setup(self, stage: str | None = None) -> None:
         if self.examples:

@@ -7,7 +7,9 @@ answer is read from its column.
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +62,22 @@ def _toy_file(data: DataConfig, cache_dir: str | None) -> Path:
     return materialise_split(data.toy, data.split, directory)
 
 
-def _raw_rows(data: DataConfig, data_root: str, cache_dir: str | None) -> Iterator[dict[str, Any]]:
+@dataclass
+class _RawRow:
+    """One raw record as read, or why it cannot be read."""
+
+    # Where it is: "<file>:<line>" for jsonl, "<file> row <n>" for parquet and hub datasets (n from 1).
+    where: str
+    row: dict[str, Any] | None
+    unreadable: str | None = None
+
+
+def _raw_rows(data: DataConfig, data_root: str, cache_dir: str | None) -> Iterator[_RawRow]:
     if data.format == "hub":
         from datasets import load_dataset
 
-        yield from load_dataset(data.path, data.subset, split=data.split)
+        for number, row in enumerate(load_dataset(data.path, data.subset, split=data.split), start=1):
+            yield _RawRow(f"{data.path} row {number}", row)
         return
     path = _toy_file(data, cache_dir) if data.format == "toy" else resolve_path(data, data_root)
     if not path.is_file():
@@ -74,16 +87,63 @@ def _raw_rows(data: DataConfig, data_root: str, cache_dir: str | None) -> Iterat
     if data.format == "parquet":
         import pyarrow.parquet as pq
 
-        yield from pq.read_table(path).to_pylist()
+        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield _RawRow(f"{path} row {number}", row)
         return
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    yield from _jsonl_rows(path)
+
+
+def _jsonl_rows(path: Path) -> Iterator[_RawRow]:
+    """Every non-blank line of a jsonl file; a UTF-8 byte-order mark and CRLF line ends are fine."""
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            where = f"{path}:{line_number}"
+            if line_number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                byte = raw[error.start]
+                yield _RawRow(where, None, f"not UTF-8 text (byte 0x{byte:02x} at column {error.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"data '{data.name}': {path}:{line_number} is not valid JSON ({error.msg})") from error
+                yield _RawRow(where, None, f"not valid JSON ({error.msg} at column {error.colno})")
+                continue
+            if not isinstance(value, dict):
+                yield _RawRow(where, None, f"holds {_kind(value)}, not a record (a JSON object)")
+                continue
+            yield _RawRow(where, value)
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, in words, for messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, float) and math.isinf(value):
+        return "an infinity"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_type(value: Any, column: str, numbers_too: bool = False) -> None:
+    """Raise unless ``value`` is text (or, with ``numbers_too``, a finite number): never stringify a structure."""
+    if isinstance(value, str) or value is None or (numbers_too and _is_finite_number(value)):
+        return
+    expected = "text or a number" if numbers_too else "text"
+    raise DataError(f"field '{column}' holds {_kind(value)}, where {expected} is expected")
 
 
 def _as_text(value: Any) -> str:
@@ -159,15 +219,37 @@ def _solution(value: Any, solution_format: str) -> str | None:
     return text or None
 
 
+def _check_answer_type(value: Any, data: DataConfig) -> None:
+    column = data.fields.answer
+    if data.answer_format == "choice":  # a label of the source or an index (choice_answer)
+        _check_type(value, column, numbers_too=True)
+    elif data.answer_format == "list" and isinstance(value, list):
+        for item in value:
+            _check_type(item, column, numbers_too=True)
+    else:
+        _check_type(value, column, numbers_too=data.answer_format in ("text", "list"))
+
+
 def _to_problem(row: dict[str, Any], index: int, data: DataConfig) -> Problem:
     fields = data.fields
     raw_id = row.get(fields.id) if fields.id else index
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int | None):
+        raise DataError(f"record {data.name}/{index}: field '{fields.id}' (the id) holds {_kind(raw_id)}")
     record_id = f"{data.name}/{raw_id if raw_id is not None else index}"
     for name in ("problem", "answer", "solution", "choices"):
         column = getattr(fields, name)
         if column is not None and column not in row:
             raise DataError(f"record {record_id}: missing field '{column}' (data.fields.{name})")
-    problem = str(row[fields.problem] or "").strip()
+    try:
+        _check_type(row[fields.problem], fields.problem)
+        _check_answer_type(row[fields.answer], data)
+        if fields.solution is not None:
+            solution = row[fields.solution]
+            first = solution[0] if data.solution_format == "first_of_list" and isinstance(solution, list) else None
+            _check_type(first if first is not None else solution, fields.solution)
+    except DataError as error:
+        raise DataError(f"record {record_id}: {error}") from None
+    problem = (row[fields.problem] or "").strip()
     if not problem:
         raise DataError(f"record {record_id}: field '{fields.problem}' is empty")
     if fields.choices is not None:
@@ -191,22 +273,30 @@ def load_problems(
 ) -> LoadedProblems:
     """The first ``data.limit`` problems; bad records raise, or are skipped and listed when not strict.
 
-    ``cache_dir`` is where generated sources (format=toy) are written; None: the default cache dir.
+    Every message names the data config, where the record is (file and line, or row) and the record's id when
+    it has one. ``cache_dir`` is where generated sources (format=toy) are written; None: the default cache dir.
     """
     loaded = LoadedProblems(problems=[])
     seen: set[str] = set()
-    for index, row in enumerate(_raw_rows(data, data_root, cache_dir)):
+    empty = True
+    for index, raw in enumerate(_raw_rows(data, data_root, cache_dir)):
+        empty = False
         if data.limit is not None and index >= data.limit:
             break
         try:
-            problem = _to_problem(row, index, data)
+            if raw.row is None:
+                raise DataError(raw.unreadable)
+            problem = _to_problem(raw.row, index, data)
             if problem.id in seen:
                 raise DataError(f"record {problem.id}: duplicate id (set data.fields.id to a unique field or null)")
         except DataError as error:
+            reason = f"data '{data.name}': {raw.where}: {error}"
             if strict:
-                raise
-            loaded.skipped.append(SkippedRecord(id=f"{data.name}/{index}", reason=str(error)))
+                raise DataError(reason) from None
+            loaded.skipped.append(SkippedRecord(id=f"{data.name}/{index}", reason=reason))
             continue
         seen.add(problem.id)
         loaded.problems.append(problem)
+    if empty:
+        raise DataError(f"data '{data.name}': {data.path} holds no records")
     return loaded

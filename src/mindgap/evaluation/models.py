@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Mapping
@@ -22,15 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from omegaconf import OmegaConf
 
 from mindgap.config import MindgapConfig, ModelConfig, require_label, to_typed
 from mindgap.errors import ConfigError
+from mindgap.fingerprints import config_fingerprint, file_digest
 from mindgap.models import (
     ModelSource,
     load_generation_config,
     load_model_config,
     load_tokenizer,
+    model_fingerprint,
     resolve_model,
     resolve_model_path,
 )
@@ -235,23 +239,122 @@ def _run_config_model(checkpoint: Path, config: MindgapConfig) -> ModelSource | 
     return None
 
 
-def _load(checkpoint: Path) -> dict[str, Any]:
-    if checkpoint.is_dir():
-        # A sharded (torch.distributed.checkpoint) directory, consolidated in memory.
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+# Checkpoints are unpickled as data only (weights_only): a checkpoint handed to mindgap-eval may come from anywhere,
+# and unpickling arbitrary objects runs arbitrary code. A Lightning checkpoint holds tensors, plain containers and
+# numbers, and its hyper-parameters as an AttributeDict (a dict); nothing else is allowed.
+_SAFE_CHECKPOINT_GLOBALS = [AttributeDict]
+# What a sharded checkpoint's ``.metadata`` (a plain pickle, written by torch.distributed.checkpoint) may name.
+_DCP_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch": {"Size"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
 
-        return _load_distributed_checkpoint(checkpoint)
-    # Lightning checkpoints pickle their hyper-parameters (config dataclasses), which weights_only refuses;
-    # they are this project's own training outputs, loaded the way Lightning itself loads them.
-    return torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint that would unpickle something other than tensors and plain data."""
+
+
+def _refused(checkpoint: Path, error: Exception) -> UnsafeCheckpointError:
+    detail = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "") or str(error).strip()
+    return UnsafeCheckpointError(
+        f"checkpoint {checkpoint}: refused, it pickles objects that are not tensors or plain data"
+        f" ({detail.splitlines()[0] if detail else type(error).__name__})"
+    )
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _DCP_METADATA_CLASSES.get(module, ()) or (
+            module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout))
+        ):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"Trying to load unsupported GLOBAL {module}.{name}")
+
+
+def _load_sharded(checkpoint: Path) -> dict[str, Any]:
+    """A sharded (torch.distributed.checkpoint) directory consolidated in memory, every pickle read as data only.
+
+    Lightning's own loader unpickles ``.metadata`` and non-tensor entries without restriction.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    # Read here rather than in the reader: torch.distributed.checkpoint turns a reader's errors into an AssertionError.
+    with (checkpoint / ".metadata").open("rb") as handle:
+        metadata = _DataOnlyUnpickler(handle).load()
+    if not isinstance(metadata, Metadata):
+        raise pickle.UnpicklingError(f"Trying to load unsupported GLOBAL {type(metadata).__qualname__} as metadata")
+
+    class DataOnlyReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            # FileSystemReader.read_metadata unpickles .metadata without restriction: it was read above instead.
+            if metadata.storage_meta is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class DataOnlyPlanner(_EmptyStateDictLoadPlanner):
+        # The first refusal; raised after the load, since torch.distributed.checkpoint wraps a planner's errors.
+        refusal: pickle.UnpicklingError | None = None
+
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            # The default planner's load_bytes, with weights_only=True (it passes False).
+            try:
+                loaded = torch.load(value, weights_only=True)
+            except pickle.UnpicklingError as error:
+                self.refusal = self.refusal or error
+                loaded = None
+            if self.flatten_state_dict:
+                from torch.distributed.checkpoint._nested_dict import set_element
+
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = loaded
+
+    loaded: dict[str, Any] = {}
+    planner = DataOnlyPlanner()
+    _load_state_dict(loaded, storage_reader=DataOnlyReader(checkpoint), planner=planner, no_dist=True)
+    if planner.refusal is not None:
+        raise planner.refusal
+    loaded.update(_sharded_extras(checkpoint))
+    return loaded
+
+
+def _sharded_extras(checkpoint: Path) -> dict[str, Any]:
+    """What Lightning keeps beside a sharded checkpoint's tensors (hyper-parameters, loop state), in ``meta.pt``."""
+    extra = checkpoint / "meta.pt"
+    return torch.load(extra, map_location="cpu", weights_only=True) if extra.is_file() else {}
+
+
+def _load(checkpoint: Path, extras_only: bool = False) -> dict[str, Any]:
+    """The checkpoint's contents; ``extras_only`` skips a sharded checkpoint's tensors. Refuses unsafe pickles."""
+    try:
+        with torch.serialization.safe_globals(_SAFE_CHECKPOINT_GLOBALS):
+            if checkpoint.is_dir():
+                return _sharded_extras(checkpoint) if extras_only else _load_sharded(checkpoint)
+            return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        raise _refused(checkpoint, error) from error
 
 
 def _checkpoint_extras(checkpoint: Path) -> dict[str, Any]:
     """The non-tensor part of a checkpoint (hyper-parameters), without reading a sharded one's weights."""
-    if checkpoint.is_dir():
-        extra = checkpoint / "meta.pt"
-        return torch.load(extra, map_location="cpu", weights_only=False) if extra.is_file() else {}
-    return _load(checkpoint)
+    return _load(checkpoint, extras_only=True)
 
 
 def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -273,6 +376,20 @@ def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
             " of mindgap-train?)"
         )
     return weights
+
+
+def weights_fingerprint(model: EvalModel, cache_dir: str) -> str:
+    """Identifies the weights without exporting a checkpoint: the checkpoint's content and its base model."""
+    if model.kind != "checkpoint":
+        return model_fingerprint(model.source, cache_dir)
+    assert model.checkpoint is not None
+    checkpoint = Path(model.checkpoint)
+    if checkpoint.is_dir():
+        files = sorted(path for path in checkpoint.rglob("*") if path.is_file())
+        contents = [(str(file.relative_to(checkpoint)), file_digest(file, cache_dir)) for file in files]
+    else:
+        contents = [("", file_digest(checkpoint, cache_dir))]
+    return "checkpoint:" + config_fingerprint([contents, model_fingerprint(model.base_source, cache_dir)])
 
 
 def _source_record(model: EvalModel) -> dict[str, Any]:

@@ -37,10 +37,10 @@ from mindgap.errors import ConfigError, MindgapError
 from mindgap.evaluation.benchmarks import Benchmark, load_benchmarks
 from mindgap.evaluation.compare import Comparison, compare_results, format_percent, read_outcomes, write_outcomes
 from mindgap.evaluation.metrics import ProblemOutcome, estimate, majority_vote, metric_names, problem_scores
-from mindgap.evaluation.models import EvalModel, materialise, resolve_models
-from mindgap.fingerprints import config_fingerprint, problems_fingerprint
+from mindgap.evaluation.models import EvalModel, materialise, resolve_models, weights_fingerprint
+from mindgap.fingerprints import config_fingerprint, problems_fingerprint, verifier_fingerprint
 from mindgap.generation import Generator, make_generator
-from mindgap.models import load_tokenizer, model_fingerprint
+from mindgap.models import load_tokenizer
 from mindgap.prompts import standard_prompt
 from mindgap.tracking import Tracker
 from mindgap.verify import Verifier
@@ -239,24 +239,16 @@ class ModelEvaluation:
                 "benchmark": benchmark.name,
                 "problems": problems_fingerprint(benchmark.problems),
                 "prompts": hashlib.sha256("\0".join(prompts).encode()).hexdigest(),
-                "weights": self._weights_fingerprint(),
+                "weights": weights_fingerprint(self.model, self.config.cache_dir),
                 "dtype": self.config.model.dtype,
                 "generator": generator,
                 "sampling": dataclasses.asdict(self.sampling),
+                # The verdicts are stored with the samples.
+                "verifier": verifier_fingerprint(self.config.verifier),
                 "seed": self.config.seed,
                 "chunk_size": self.config.eval.chunk_size,
             }
         )
-
-    def _weights_fingerprint(self) -> str:
-        """Identifies the weights without exporting a checkpoint: the file's identity and its base model."""
-        if self.model.kind == "checkpoint":
-            assert self.model.checkpoint is not None
-            stat = Path(self.model.checkpoint).stat()
-            source = [str(Path(self.model.checkpoint).resolve()), stat.st_size, stat.st_mtime_ns]
-            source += [self.model.base_model, self.model.base_revision]
-            return "checkpoint:" + config_fingerprint(source)
-        return model_fingerprint(self.model.source)
 
     def _sample_chunk(self, benchmark: Benchmark, index: int, problems: list, prompts: list[str]) -> dict[str, Any]:
         generator = self.generator.get()
@@ -363,7 +355,7 @@ class ModelEvaluation:
                 "spec": model.spec,
                 "kind": model.kind,
                 "path": model.path,
-                "fingerprint": self._weights_fingerprint(),
+                "fingerprint": weights_fingerprint(self.model, self.config.cache_dir),
                 "checkpoint": model.checkpoint,
                 "base_model": model.base_model,
             },

@@ -8,7 +8,6 @@ that revision everywhere, and is what the fingerprint names.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,8 +26,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from mindgap.config import ModelConfig
+from mindgap.config import ModelConfig, default_cache_dir
 from mindgap.errors import ConfigError
+from mindgap.fingerprints import file_digest
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -160,16 +160,37 @@ def resolved_commit(repo_id: str, revision: str | None) -> str:
     return config_file.parent.name
 
 
-def model_fingerprint(model: ModelSource | str) -> str:
-    """Identifies the weights: hub id@resolved commit, or a hash of a local directory's config and file sizes."""
+# The files of a model directory that change what it computes: its config, tokenizer and chat template, generation
+# defaults and weights. Hashed by content (weights through a cache, once per file version).
+FINGERPRINTED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.index.json")
+
+
+def model_fingerprint(model: ModelSource | str, cache_dir: str | None = None) -> str:
+    """Identifies what the model computes: hub id@resolved commit, or a content hash of a local directory's config,
+    tokenizer, chat template, generation config and weights (``cache_dir`` remembers weight hashes; None: the
+    default cache dir).
+    """
     source = as_source(model)
     local = Path(source.path)
     if not local.is_dir():
         return f"{source.path}@{resolved_commit(source.path, source.revision)}"
+    cache = cache_dir or default_cache_dir()
     digest = hashlib.sha256()
-    config = local / "config.json"
-    if config.exists():
-        digest.update(json.dumps(json.loads(config.read_text()), sort_keys=True).encode())
-    for file in sorted(local.glob("*.safetensors")) + sorted(local.glob("*.bin")):
-        digest.update(f"{file.name}:{file.stat().st_size}:{file.stat().st_mtime_ns}".encode())
+    files = [local / name for name in FINGERPRINTED_FILES if (local / name).is_file()]
+    files += sorted({file for pattern in WEIGHT_PATTERNS for file in local.glob(pattern) if file.is_file()})
+    for file in files:
+        digest.update(f"{file.name}:{file_digest(file, cache)}\0".encode())
     return f"{local.name}:{digest.hexdigest()[:16]}"

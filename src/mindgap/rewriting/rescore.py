@@ -20,7 +20,9 @@ forward), never a difference of distributions.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -29,6 +31,73 @@ from mindgap.data.collate import response_ids
 from mindgap.generation.distribution import top_p_logprobs
 from mindgap.models import ModelSource, load_causal_lm
 from mindgap.records import Record
+
+
+@dataclass
+class Gaps:
+    """Per source, the largest finite |recorded - rescored| log-prob of a token, and how many records had an
+    infinite one (a sampled token outside the rescored top-p nucleus: the engines disagree on the nucleus)."""
+
+    largest: dict[str, float] = field(default_factory=dict)
+    nonfinite: dict[str, int] = field(default_factory=dict)
+
+    def add(self, source: str, gap: float) -> None:
+        if math.isfinite(gap):
+            self.largest[source] = max(self.largest.get(source, 0.0), gap)
+        else:
+            self.nonfinite[source] = self.nonfinite.get(source, 0) + 1
+
+    def update(self, other: Gaps) -> None:
+        for source, gap in other.largest.items():
+            self.add(source, gap)
+        for source, count in other.nonfinite.items():
+            self.nonfinite[source] = self.nonfinite.get(source, 0) + count
+
+
+@dataclass
+class NonFinite:
+    """What :func:`without_nonfinite` did to a chunk's records."""
+
+    records: list[Record]
+    # per source: records removed because a rescored log-prob is not finite
+    removed: dict[str, int] = field(default_factory=dict)
+    # problems left without a record, given their expert solution instead
+    fell_back_to_expert: int = 0
+    # problem id -> reason: the expert solution's log-probs are not finite either
+    dropped: dict[str, str] = field(default_factory=dict)
+
+
+def _finite(record: Record) -> bool:
+    return all(math.isfinite(value) for value in record.rescored_logprobs or ())
+
+
+def without_nonfinite(
+    records: list[Record],
+    expert_records: Callable[[list[Record]], list[Record]],
+    rescore: Callable[[list[Record]], Gaps],
+) -> NonFinite:
+    """The records whose rescored log-probs are all finite; a problem left with none falls back to its expert
+    solution (``expert_records`` builds them from one removed record per problem; ``rescore`` scores them), and
+    is dropped if that is not finite either. Regenerating would sample the same tokens again: chunk seeds are
+    fixed.
+    """
+    kept = [record for record in records if _finite(record)]
+    outcome = NonFinite(records=kept)
+    for record in records:
+        if not _finite(record):
+            outcome.removed[record.source] = outcome.removed.get(record.source, 0) + 1
+    covered = {record.id for record in kept}
+    orphans = {record.id: record for record in records if record.id not in covered}
+    experts = expert_records(list(orphans.values()))
+    if experts:
+        rescore(experts)
+    for expert in experts:
+        if _finite(expert):
+            kept.append(expert)
+            outcome.fell_back_to_expert += 1
+        else:
+            outcome.dropped[expert.id] = "non-finite rescored log-probs, of its expert solution too"
+    return outcome
 
 
 class Rescorer:
@@ -53,18 +122,21 @@ class Rescorer:
             torch.cuda.empty_cache()
 
     @torch.no_grad()
-    def rescore(self, records: list[Record]) -> dict[str, float]:
-        """Fill ``rescored_logprobs`` of every record; return the largest |recorded - rescored| per source."""
-        largest_gap: dict[str, float] = defaultdict(float)
+    def rescore(self, records: list[Record]) -> Gaps:
+        """Fill ``rescored_logprobs`` of every record; return the recorded-vs-rescored gaps per source.
+
+        ``rescored_logprobs`` may come out non-finite (a token the model gives no mass): such records must not be
+        committed (see :func:`without_nonfinite`).
+        """
+        gaps = Gaps()
         for start in range(0, len(records), self.batch_size):
             batch = records[start : start + self.batch_size]
             for record, rescored in zip(batch, self._score_batch(batch), strict=True):
                 record.rescored_logprobs = rescored.tolist()
                 if record.behavior_logprobs is not None:
                     recorded = torch.tensor(record.behavior_logprobs, dtype=torch.float32)
-                    gap = (recorded - rescored).abs().max().item()
-                    largest_gap[record.source] = max(largest_gap[record.source], gap)
-        return dict(largest_gap)
+                    gaps.add(record.source, (recorded - rescored).abs().max().item())
+        return gaps
 
     def _score_batch(self, records: list[Record]) -> list[torch.Tensor]:
         prompts = [self.tokenizer(r.behavior_prompt, add_special_tokens=False)["input_ids"] for r in records]

@@ -27,15 +27,16 @@ from tqdm.auto import tqdm
 from mindgap.config import MindgapConfig
 from mindgap.data.sources import SkippedRecord, load_problems
 from mindgap.errors import DataError, MindgapError
-from mindgap.fingerprints import config_fingerprint, problems_fingerprint
+from mindgap.fingerprints import config_fingerprint, problems_fingerprint, verifier_fingerprint
 from mindgap.generation import Generator, make_generator
 from mindgap.models import ModelSource, load_tokenizer, model_fingerprint, resolve_model
+from mindgap.prompts import prompts_fingerprint
 from mindgap.records import FEATURES, SOURCES, Problem, Record
 from mindgap.rewriting import rl_agent
-from mindgap.rewriting.rescore import Rescorer
-from mindgap.rewriting.stages import BatchVerifier, StageStats
+from mindgap.rewriting.rescore import Gaps, Rescorer, without_nonfinite
+from mindgap.rewriting.stages import BatchVerifier, StageStats, expert_record
 from mindgap.rewriting.strategies import REFERENCE_REWRITE_STRATEGIES, make_rewriter, uses_generator
-from mindgap.verify import Verifier, gold_problem
+from mindgap.verify import Verifier
 
 DATASET_DIR = "dataset"
 MANIFEST = "manifest.json"
@@ -61,16 +62,18 @@ class StageResult:
     sample_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def _usable_problems(problems: list[Problem], strict: bool, skipped: list[SkippedRecord]) -> list[Problem]:
+def _usable_problems(
+    problems: list[Problem], strict: bool, skipped: list[SkippedRecord], verifier: Verifier
+) -> list[Problem]:
+    """The problems with an expert solution and a gold answer the (configured) verifier can read."""
     usable = []
-    for problem in problems:
+    gold_reasons = verifier.gold_problems([problem.answer for problem in problems])
+    for problem, gold_reason in zip(problems, gold_reasons, strict=True):
         reason = None
         if not problem.expert_solution:
             reason = f"record {problem.id}: empty expert solution (data.fields.solution)"
-        else:
-            gold_reason = gold_problem(problem.answer)
-            if gold_reason is not None:
-                reason = f"record {problem.id}: {gold_reason} (data.fields.answer)"
+        elif gold_reason is not None:
+            reason = f"record {problem.id}: {gold_reason} (data.fields.answer)"
         if reason is None:
             usable.append(problem)
         elif strict:
@@ -91,11 +94,13 @@ def stage_fingerprint(config: MindgapConfig, problems: list[Problem], model: Mod
     inputs = {
         "chunk_format": CHUNK_FORMAT,
         "model": dataclasses.asdict(config.model),
-        "weights": model_fingerprint(model),
+        "weights": model_fingerprint(model, config.cache_dir),
         "problems": problems_fingerprint(problems),
         "generator": dataclasses.asdict(config.generator),
         "rewrite": rewrite,
         "prompt_type": config.prompt_type,
+        "prompts": prompts_fingerprint(config.prompt_type),
+        "verifier": verifier_fingerprint(config.verifier),
         "seed": config.seed,
     }
     return config_fingerprint(inputs)
@@ -104,7 +109,7 @@ def stage_fingerprint(config: MindgapConfig, problems: list[Problem], model: Mod
 def _write_json_atomically(path: Path, payload: dict[str, Any], indent: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=indent))
+    temporary.write_text(json.dumps(payload, indent=indent, allow_nan=False))
     os.replace(temporary, path)
 
 
@@ -147,7 +152,8 @@ class RewriteStage:
         self.started = time.time()
         loaded = load_problems(config.data, config.data_root, strict=config.rewrite.strict)
         self.skipped = loaded.skipped
-        self.problems = _usable_problems(loaded.problems, config.rewrite.strict, self.skipped)
+        with Verifier.from_config(config.verifier) as verifier:
+            self.problems = _usable_problems(loaded.problems, config.rewrite.strict, self.skipped, verifier)
         if not self.problems:
             raise DataError(f"data {config.data.name}: no usable problems to rewrite")
         self.model = resolve_model(config.model, config.cache_dir, config.data_root)
@@ -266,6 +272,15 @@ class RewriteStage:
             models["rewritten"] = str(merged)
         return models
 
+    def _expert_records(self, removed: list[Record]) -> list[Record]:
+        """The fallback records of the problems of ``removed`` (keeping their attempts), under the standard prompt."""
+        problems = {problem.id: problem for problem in self.problems}
+        tokenizer = self.tokenizer if self.config.prompt_type == "chat" else None
+        return [
+            expert_record(problems[record.id], record.attempts, self.config.prompt_type, tokenizer)
+            for record in removed
+        ]
+
     def _chunk_seed(self, index: int) -> int:
         return self.config.seed * 1_000_003 + index
 
@@ -291,12 +306,23 @@ class RewriteStage:
                 payload = json.loads(_chunk_file(self.work, GENERATED, index).read_text())
                 started = time.time()
                 records = [Record.from_dict(row) for row in payload["records"]]
-                gaps: dict[str, float] = {}
+                gaps = Gaps()
                 for source in sorted({record.source for record in records}):
                     of_source = [record for record in records if record.source == source]
                     gaps.update(rescorer_of(source).rescore(of_source))
-                payload["logprob_gap"] = gaps
-                payload["records"] = [record.to_dict() for record in records]
+                # A non-finite log-prob would fail every merge (and training): such records never reach a chunk.
+                finite = without_nonfinite(
+                    records, self._expert_records, lambda experts: rescorer_of("expert").rescore(experts)
+                )
+                payload["logprob_gap"] = gaps.largest
+                payload["logprob_gap_infinite"] = gaps.nonfinite
+                payload["nonfinite_logprobs"] = {
+                    "removed": finite.removed,
+                    "fell_back_to_expert": finite.fell_back_to_expert,
+                    "dropped": len(finite.dropped),
+                }
+                payload["dropped"].update(finite.dropped)
+                payload["records"] = [record.to_dict() for record in finite.records]
                 payload["wall_time_s"] += time.time() - started
                 _write_json_atomically(_chunk_file(self.work, RESCORED, index), payload)
         finally:
@@ -328,6 +354,8 @@ class RewriteStage:
         dropped: dict[str, str] = {}
         verifier: dict[str, int] = {}
         gaps: dict[str, float] = {}
+        infinite_gaps: dict[str, int] = {}
+        nonfinite: dict[str, Any] = {"removed": {}, "fell_back_to_expert": 0, "dropped": 0}
         compute_time = 0.0
         for index, payload in enumerate(self._chunk_payloads()):
             if payload["problem_ids"] != [problem.id for problem in self.chunks[index]]:
@@ -341,6 +369,14 @@ class RewriteStage:
                 verifier[key] = verifier.get(key, 0) + value
             for source, gap in payload.get("logprob_gap", {}).items():
                 gaps[source] = max(gaps.get(source, 0.0), gap)
+            for source, count in payload.get("logprob_gap_infinite", {}).items():
+                infinite_gaps[source] = infinite_gaps.get(source, 0) + count
+            for key, value in payload.get("nonfinite_logprobs", {}).items():
+                if isinstance(value, dict):
+                    for source, count in value.items():
+                        nonfinite[key][source] = nonfinite[key].get(source, 0) + count
+                else:
+                    nonfinite[key] += value
             compute_time += payload["wall_time_s"]
 
         counts: dict[str, int] = {}
@@ -358,7 +394,13 @@ class RewriteStage:
             "tokens_fixed_n": round(tokens_fixed_n, 1),
             "token_savings": 1 - tokens_generated / tokens_fixed_n if tokens_fixed_n else 0.0,
             "verifier": verifier,
-            "logprob_gap_recorded_vs_rescored": gaps,
+            # null for a source with an infinite gap; logprob_gap_infinite counts its records (strict JSON).
+            "logprob_gap_recorded_vs_rescored": {
+                source: None if source in infinite_gaps else gap
+                for source, gap in {**dict.fromkeys(infinite_gaps, None), **gaps}.items()
+            },
+            "logprob_gap_infinite": infinite_gaps,
+            "nonfinite_logprobs": nonfinite,
             "dropped": dropped,
             "skipped": [dataclasses.asdict(skip) for skip in self.skipped],
             "chunks": {"total": len(self.chunks), "computed_by_this_run": computed, "size": len(self.chunks[0])},
