@@ -143,4 +143,3 @@ def holder(path: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return record if isinstance(record, dict) and {"host", "pid"} <= record.keys() else None
-

@@ -130,5 +130,5 @@ def test_the_lock_kind_is_chosen_in_the_config() -> None:
     from mindgap.errors import ConfigError
 
     assert RewriteConfig(work_dir="w", lock="file").lock == "file"
-    with pytest.raises(ConfigError, match="rewrite.lock"):
+    with pytest.raises(ConfigError, match=r"rewrite\.lock"):
         RewriteConfig(work_dir="w", lock="nfs")

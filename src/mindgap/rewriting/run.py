@@ -203,7 +203,7 @@ class RewriteStage:
 
         False when a live job computes it (its lock is held) or it was committed meanwhile.
         """
-        lock = self._lock(f"{phase}-{index:05d}.lock")
+        lock = self._chunk_lock(phase, index)
         if not lock.acquire(blocking=False):
             yield False
             return
@@ -240,7 +240,21 @@ class RewriteStage:
             time.sleep(WAIT_POLL_S)
 
     def _pending(self, phase: str, ready: Callable[[int], bool] = lambda index: True) -> list[int]:
-        return [i for i in self.mine if ready(i) and not _chunk_file(self.work, phase, i).exists()]
+        """Chunks to compute now: not committed, and not held by a live job (so that a job waiting for
+        others' chunks loads no model for them)."""
+        return [
+            i for i in self.mine if ready(i) and not _chunk_file(self.work, phase, i).exists() and self._free(phase, i)
+        ]
+
+    def _free(self, phase: str, index: int) -> bool:
+        lock = self._chunk_lock(phase, index)
+        if not lock.acquire(blocking=False):
+            return False
+        lock.release()
+        return True
+
+    def _chunk_lock(self, phase: str, index: int) -> Lock:
+        return self._lock(f"{phase}-{index:05d}.lock")
 
     def _generate(self) -> int:
         pending = self._pending(GENERATED)

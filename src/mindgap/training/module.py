@@ -57,8 +57,8 @@ class FineTuningModule(LightningModule):
         self.export_dtype = export_dtype
         self.train_config = train
         self.export_dir = export_dir
-        # Set by export(); a run resumed from its final checkpoint has no training left and Lightning
-        # then skips on_train_end, so run_training exports it itself.
+        # Set by export(). A run resumed from its final checkpoint has no training left: Lightning then
+        # skips on_train_end, and on_fit_end exports instead.
         self.exported = False
         self.model: torch.nn.Module | None = None
         # Sums over the optimiser step in progress (its micro-batches on this rank): loss, importance
@@ -210,6 +210,10 @@ class FineTuningModule(LightningModule):
 
     def on_train_end(self) -> None:
         self.export()
+
+    def on_fit_end(self) -> None:
+        if not self.exported:
+            self.export()
 
     def export(self) -> None:
         """Write the trained weights to ``export_dir`` as a Hugging Face model.

@@ -80,9 +80,6 @@ def run_training(
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    if not module.exported:
-        module.export()
     if trainer.is_global_zero:
         load_tokenizer(model).save_pretrained(export_dir)
     return export_dir
-
