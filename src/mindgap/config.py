@@ -595,6 +595,12 @@ class RewriteConfig:
     work_dir: str = MISSING
     # false: records with bad fields are skipped, counted and listed in the manifest.
     strict: bool = True
+    # How jobs sharing work_dir lock a chunk or a merge (README "Reliability"): flock (fcntl.flock; on
+    # Lustre it needs the ``flock`` mount option) | file (O_CREAT|O_EXCL lock files with a heartbeat,
+    # for file systems without a coherent flock).
+    lock: str = "flock"
+    # A ``file`` lock whose heartbeat is older than this many seconds is stale and taken over.
+    lock_stale_s: float = 600.0
     # Settings of strategy=sdft and strategy=rl_agent (ignored, and not fingerprinted, under other strategies).
     sdft: SDFTConfig = field(default_factory=SDFTConfig)
     rl_agent: RLAgentConfig = field(default_factory=RLAgentConfig)
@@ -602,6 +608,8 @@ class RewriteConfig:
     def __post_init__(self) -> None:
         _require_choice("rewrite.strategy", self.strategy, REWRITE_STRATEGIES)
         _require_choice("rewrite.keep", self.keep, ("first", "all", "k"))
+        _require_choice("rewrite.lock", self.lock, ("flock", "file"))
+        _require_positive("rewrite.lock_stale_s", self.lock_stale_s)
         self.self_sampling.validate("rewrite.self_sampling")
         self.guided_sampling.validate("rewrite.guided_sampling")
         for name in ("samples_per_round", "keep_k", "rescore_batch_size", "chunk_size", "num_shards"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from mindgap import publish
 from mindgap.app import run_app, run_cli, stage_tracker
 from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
 from mindgap.rewriting.run import DATASET_DIR, MANIFEST, StageResult, run_rewrite_stage
@@ -30,7 +31,7 @@ def rewrite(config: MindgapConfig, output_dir: Path) -> Path | None:
     result = run_rewrite_stage(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     if result.dataset_dir is None:
-        (output_dir / SHARD_STATUS).write_text(json.dumps(result.manifest, indent=2))
+        publish.write_json(output_dir / SHARD_STATUS, result.manifest, indent=2)
         status = result.manifest
         print(
             f"mindgap-rewrite: shard {status['shard_index']} of {status['num_shards']} done; "
@@ -46,17 +47,23 @@ def rewrite(config: MindgapConfig, output_dir: Path) -> Path | None:
 
 
 def _publish(result: StageResult, output_dir: Path) -> None:
-    """Copy the merged dataset into the run's output directory, unless the same one is already there."""
+    """Copy the merged dataset into the run's output directory, unless the same one is already there.
+
+    The old manifest goes first, so that no crash leaves it beside another dataset; the new one comes last.
+    """
     assert result.dataset_dir is not None
     manifest_path = output_dir / MANIFEST
     if (
         manifest_path.exists()
+        and (output_dir / DATASET_DIR).is_dir()
         and json.loads(manifest_path.read_text()).get("fingerprint") == result.manifest["fingerprint"]
     ):
         return
-    shutil.rmtree(output_dir / DATASET_DIR, ignore_errors=True)
-    shutil.copytree(result.dataset_dir, output_dir / DATASET_DIR)
-    manifest_path.write_text(json.dumps(result.manifest, indent=2))
+    publish.clean_stale_staging(output_dir)
+    publish.remove(manifest_path)
+    with publish.staged_dir(output_dir / DATASET_DIR) as staging:
+        shutil.copytree(result.dataset_dir, staging, dirs_exist_ok=True)
+    publish.write_json(manifest_path, result.manifest, indent=2)
 
 
 def _track(config: MindgapConfig, output_dir: Path, result: StageResult) -> None:

@@ -16,10 +16,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from mindgap.config import LoggerConfig
 from mindgap.records import SOURCES
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing metrics.csv is continued instead of deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as handle:
+                # The columns so far, so that new rows line up (and new keys widen the header).
+                self.metrics_keys = next(csv.reader(handle), [])
+
+
+class AppendingCSVLogger(CSVLogger):
+    """A CSVLogger whose metrics.csv survives a resumed run: its rows are appended to the earlier ones."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def lightning_logger(
@@ -39,7 +63,7 @@ def lightning_logger(
         return None
     save_dir.mkdir(parents=True, exist_ok=True)
     if config.backend == "csv":
-        logger: Logger = CSVLogger(save_dir=str(save_dir), name="csv", version=run_name)
+        logger: Logger = AppendingCSVLogger(save_dir=str(save_dir), name="csv", version=run_name)
     else:
         os.environ.setdefault("WANDB_SILENT", "true")
         logger = WandbLogger(

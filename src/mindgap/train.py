@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
 from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
+from mindgap.tracking import AppendingCSVLogger
 from mindgap.training.run import run_training
 
 register_configs()
@@ -22,11 +22,11 @@ def train(config: MindgapConfig, output_dir: Path, label: str | None = None) -> 
     """Train and return the exported model directory; ``label`` names the run among a pipeline's variants.
 
     Besides the configured logger, every step's metrics go to ``output_dir/metrics.csv``, which the
-    pipeline's report and the analysis notebook read whatever the logger.
+    pipeline's report and the analysis notebook read whatever the logger. A resumed run appends to it.
     """
     tags = [f"loss:{config.train.loss.name}", f"rewrite:{config.rewrite.strategy}", f"data:{config.data.name}"]
     tracker = stage_tracker(config, output_dir, "train", tags, label=label)
-    step_metrics = CSVLogger(save_dir=str(output_dir), name="", version="")
+    step_metrics = AppendingCSVLogger(save_dir=str(output_dir), name="", version="")
     loggers = [logger for logger in (tracker.logger, step_metrics) if logger is not None]
     try:
         return run_training(config, output_dir, loggers)

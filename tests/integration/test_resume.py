@@ -76,7 +76,7 @@ def test_resumed_run_reproduces_the_uninterrupted_losses_and_weights(
     tmp_path: Path, strategy: str, uninterrupted: dict[str, Path]
 ) -> None:
     full, resumed = uninterrupted[strategy], tmp_path / "resumed"
-    checkpoints = sorted(path.name for path in (full / "checkpoints").iterdir())
+    checkpoints = sorted(path.name for path in (full / "checkpoints").glob("*.ckpt"))
     assert checkpoints == ["step-000003.ckpt", "step-000006.ckpt"]
     _train(resumed, *STRATEGIES[strategy], f"train.checkpoint.resume={full / 'checkpoints' / checkpoints[0]}")
 

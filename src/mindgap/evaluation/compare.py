@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mindgap import publish
 from mindgap.config import BootstrapConfig, require_label
 from mindgap.errors import ConfigError, DataError
 from mindgap.evaluation.metrics import Estimate, ProblemOutcome, estimate, paired_difference, problem_scores
@@ -39,10 +40,7 @@ CSV_COLUMNS = [
 
 
 def write_outcomes(path: Path, outcomes: Sequence[ProblemOutcome]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(json.dumps(asdict(outcome)) + "\n" for outcome in outcomes))
-    temporary.replace(path)
+    publish.write_text(path, "".join(json.dumps(asdict(outcome)) + "\n" for outcome in outcomes))
 
 
 def read_outcomes(path: Path) -> list[ProblemOutcome]:
@@ -277,9 +275,9 @@ def write_comparison(comparison: Comparison, output_dir: Path) -> None:
     """comparison.md, comparison.csv and comparison.json in ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     markdown_file, csv_file, json_file = (output_dir / name for name in COMPARISON_FILES)
-    markdown_file.write_text(comparison.markdown())
-    csv_file.write_text(comparison.csv())
-    json_file.write_text(json.dumps(comparison.as_dict(), indent=2))
+    publish.write_text(markdown_file, comparison.markdown())
+    publish.write_text(csv_file, comparison.csv())
+    publish.write_json(json_file, comparison.as_dict(), indent=2)
 
 
 def compare_results(

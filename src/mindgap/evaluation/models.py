@@ -13,10 +13,8 @@ An entry of ``eval.models`` (or the ``model`` config) is one of:
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from omegaconf import OmegaConf
 
+from mindgap import publish
 from mindgap.config import MindgapConfig, ModelConfig, require_label, to_typed
 from mindgap.errors import ConfigError
 from mindgap.fingerprints import config_fingerprint, file_digest
@@ -416,7 +415,7 @@ def materialise(model: EvalModel) -> EvalModel:
     if record.is_file() and json.loads(record.read_text()) == source:
         return model
     export_checkpoint(Path(model.checkpoint), model.base_source, target)
-    (target / EXPORT_SOURCE).write_text(json.dumps(source, indent=2))
+    publish.write_json(target / EXPORT_SOURCE, source, indent=2)
     return model
 
 
@@ -447,11 +446,9 @@ def export_checkpoint(checkpoint: Path, base: ModelSource, target: Path) -> Path
     model.config.dtype = next(model.parameters()).dtype
     # Without one in the base model, the one derived from the model config (as transformers would).
     model.generation_config = load_generation_config(base)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    load_tokenizer(base).save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, target)
+    publish.clean_stale_staging(target.parent)
+    # The old export (and its export_source.json, the mark of a finished one) goes as a whole.
+    with publish.staged_dir(target) as staging:
+        model.save_pretrained(staging)
+        load_tokenizer(base).save_pretrained(staging)
     return target

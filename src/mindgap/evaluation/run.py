@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from mindgap import publish
 from mindgap.config import MindgapConfig
 from mindgap.errors import ConfigError, MindgapError
 from mindgap.evaluation.benchmarks import Benchmark, load_benchmarks
@@ -134,13 +134,6 @@ class _LazyGenerator:
             self.generator = None
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
@@ -176,8 +169,8 @@ class ModelEvaluation:
         finally:
             self.generator.close()
         results = self._results(summaries, outcomes, time.time() - started)
-        _write_atomically(self.results_dir / RESULTS, json.dumps(results, indent=2))
-        _write_atomically(self.results_dir / RESULTS_TABLE, results_markdown(results))
+        publish.write_text(self.results_dir / RESULTS, json.dumps(results, indent=2))
+        publish.write_text(self.results_dir / RESULTS_TABLE, results_markdown(results))
         self._track(results, benchmarks, tracker)
         return ModelResults(self.generator.model, self.results_dir, results)
 
@@ -193,6 +186,7 @@ class ModelEvaluation:
         work = bench_dir / CHUNKS / fingerprint
         size = self.config.eval.chunk_size
         chunks = math.ceil(len(benchmark.problems) / size)
+        publish.clean_stale_staging(work)
         pending = [index for index in range(chunks) if not _chunk_file(work, index).is_file()]
         if pending:
             left = sum(len(benchmark.problems[index * size : (index + 1) * size]) for index in pending)
@@ -207,7 +201,7 @@ class ModelEvaluation:
                 for index in pending:
                     chunk = slice(index * size, (index + 1) * size)
                     payload = self._sample_chunk(benchmark, index, benchmark.problems[chunk], prompts[chunk])
-                    _write_atomically(_chunk_file(work, index), json.dumps(payload))
+                    publish.write_text(_chunk_file(work, index), json.dumps(payload))
                     progress.update(len(payload["problem_ids"]))
             finally:
                 progress.close()
@@ -302,7 +296,10 @@ class ModelEvaluation:
             generation_time += payload["wall_time_s"]
         outcomes = problem_outcomes(rows)
         bench_dir = work.parent.parent
-        _write_atomically(bench_dir / SAMPLES, _jsonl(rows))
+        # The old marker goes first: no crash may leave it vouching for samples it did not see.
+        publish.remove(bench_dir / BENCHMARK_DONE)
+        publish.clean_stale_staging(bench_dir)
+        publish.write_text(bench_dir / SAMPLES, _jsonl(rows))
         write_outcomes(bench_dir / PROBLEMS, outcomes)
         tokens = sum(row["num_tokens"] for row in rows)
         summary = {
@@ -320,7 +317,7 @@ class ModelEvaluation:
             "generation_time_s": round(generation_time, 3),
             "tokens_per_s": tokens / generation_time if generation_time else 0.0,
         }
-        _write_atomically(bench_dir / BENCHMARK_DONE, json.dumps(summary, indent=2))
+        publish.write_text(bench_dir / BENCHMARK_DONE, json.dumps(summary, indent=2))
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(OSError):  # other fingerprints' unfinished work stays
             work.parent.rmdir()

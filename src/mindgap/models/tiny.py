@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from mindgap import publish
 from mindgap.config import TinyModelConfig, ToyModelConfig
 from mindgap.data.sources import data_config, load_problems
 from mindgap.models.loading import load_tokenizer
@@ -127,16 +127,21 @@ def is_built(target: Path) -> bool:
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """``target``, made by ``build(staging_dir)`` unless already complete; safe under concurrent builds.
 
-    The directory appears complete or not at all: it is built under a temporary name beside
-    ``target``, marked complete, then renamed into place.
+    The directory appears complete or not at all: it is built under a staging name unique to this
+    writer beside ``target``, marked complete, fsynced, then renamed into place. A concurrent build
+    that finished first wins (the rename onto its non-empty directory fails, and this one is dropped).
     """
     if is_built(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    publish.clean_stale_staging(target.parent)
+    staging = publish.staging_path(target)
+    staging.mkdir()
     try:
         build(staging)
         (staging / _COMPLETE_MARKER).touch()
+        publish.fsync_tree(staging)
+        publish.commit_point(target)
         try:
             os.rename(staging, target)
         except OSError:

@@ -4,14 +4,16 @@ Trained once per stage fingerprint, before the chunked generate-verify-fallback 
 ``<work>/rl_agent/``:
 
 - ``trainer/``: TRL checkpoints every ``rewrite.rl_agent.save_steps`` (a killed run resumes from
-  the last one; removed once the adapter is saved);
+  the newest complete one: marked ``COMPLETE``, with the stage fingerprint, once TRL has saved it;
+  removed once the adapter is saved);
 - ``adapter/``: the trained LoRA adapter (PEFT format);
 - ``merged/``: backbone + adapter merged into a plain Hugging Face model directory with the
   tokenizer, which every generator backend (HF or vLLM) loads like any model;
 - ``training.json``: TRL's per-step log (loss, KL, each reward term) and a summary.
 
-Each directory is staged privately and renamed into place when complete, and a file lock lets
-one job train while concurrent shard jobs wait and then reuse its result.
+Each directory is staged privately and renamed into place when complete (``training.json`` is
+committed before the adapter, so a finished adapter always has its log), and a lock
+(``rewrite.lock``) lets one job train while concurrent shard jobs wait and then reuse its result.
 
 The GRPO prompts are the rewrite prompts (mindgap.prompts.rewrite_prompt), tokenised by TRL
 with the tokenizer's special tokens (none for Qwen-family tokenizers). TRL passes each reward
@@ -27,10 +29,9 @@ failing ones counting 0.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import json
-import os
+import re
 import shutil
 import time
 import warnings
@@ -41,9 +42,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
 
+from mindgap import publish
 from mindgap.config import MindgapConfig, RLAgentConfig
-from mindgap.errors import ConfigError
+from mindgap.errors import ConfigError, MindgapError
+from mindgap.locks import Lock
 from mindgap.models import ModelSource, load_causal_lm, load_tokenizer
 from mindgap.records import Problem
 from mindgap.rewriting.reference_rewrite import reference_rewrite_prompt
@@ -61,6 +65,7 @@ TRAINING_LOG = "training.json"
 _LOCK = ".lock"
 _COMPLETE = "COMPLETE"
 REWARD_TERMS = ("gate", "alignment", "diversity")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class GroupRewardFunctions:
@@ -130,11 +135,13 @@ def trained_rewriter(
     if merged_rewriter(work) is not None:
         return merged
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / _LOCK):
+    with Lock(root / _LOCK, config.rewrite.lock, config.rewrite.lock_stale_s):
         if merged_rewriter(work) is not None:  # another job finished it while this one waited
             return merged
+        publish.clean_stale_staging(root)
         if not (root / ADAPTER_DIR / _COMPLETE).exists():
-            train_adapter(config, problems, model, verifier, root)
+            # The work dir is named by the stage fingerprint, which covers every setting of the training.
+            train_adapter(config, problems, model, verifier, root, fingerprint=work.name)
         _merge_adapter(model, config.model.dtype, root / ADAPTER_DIR, merged)
     return merged
 
@@ -219,24 +226,57 @@ def build_grpo_trainer(
     return trainer, scorer
 
 
+class CheckpointMarker(TrainerCallback):
+    """Marks each TRL checkpoint complete, with the run's fingerprint, once the trainer has saved all of it."""
+
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            publish.write_json(checkpoint / _COMPLETE, {"fingerprint": self.fingerprint, "step": state.global_step})
+
+
+def last_complete_checkpoint(trainer_dir: Path, fingerprint: str) -> str | None:
+    """The newest checkpoint a killed training left complete; incomplete ones are skipped, saying so."""
+    steps = {
+        int(match.group(1)): path
+        for path in (trainer_dir.iterdir() if trainer_dir.is_dir() else [])
+        if (match := _CHECKPOINT.match(path.name)) and path.is_dir()
+    }
+    for step in sorted(steps, reverse=True):
+        marker = steps[step] / _COMPLETE
+        if not marker.is_file():
+            # Killed while saving: the one before it is what the run last finished.
+            print(f"rewrite: RL agent checkpoint {steps[step]} is incomplete: skipped", flush=True)
+            continue
+        found = json.loads(marker.read_text()).get("fingerprint")
+        if found != fingerprint:
+            raise MindgapError(
+                f"rewrite: RL agent checkpoint {steps[step]} belongs to another run (fingerprint {found}, this run "
+                f"{fingerprint}); delete {trainer_dir} to train from the start"
+            )
+        return str(steps[step])
+    return None
+
+
 def train_adapter(
-    config: MindgapConfig, problems: list[Problem], model: ModelSource, verifier: BatchVerifier, root: Path
+    config: MindgapConfig,
+    problems: list[Problem],
+    model: ModelSource,
+    verifier: BatchVerifier,
+    root: Path,
+    fingerprint: str,
 ) -> Path:
     """Train the LoRA rewriter with GRPO on ``problems``; save it to ``root/adapter`` and its log to training.json."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     started = time.time()
     trainer_dir = root / TRAINER_DIR
     trainer, scorer = build_grpo_trainer(config, problems, model, verifier, trainer_dir)
+    trainer.add_callback(CheckpointMarker(fingerprint))
     try:
-        checkpoint = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
+        checkpoint = last_complete_checkpoint(trainer_dir, fingerprint)
         trainer.train(resume_from_checkpoint=checkpoint)
-        staging = root / f".{ADAPTER_DIR}-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        trainer.model.save_pretrained(str(staging))
-        (staging / _COMPLETE).touch()
-        shutil.rmtree(root / ADAPTER_DIR, ignore_errors=True)
-        os.replace(staging, root / ADAPTER_DIR)
         history = trainer.state.log_history
         log = {
             "steps": trainer.state.global_step,
@@ -247,7 +287,11 @@ def train_adapter(
             "reward_means": _reward_means(history),
             "log_history": history,
         }
-        (root / TRAINING_LOG).write_text(json.dumps(log, indent=2))
+        # The log first, then the adapter (whose COMPLETE marker says both are there).
+        publish.write_json(root / TRAINING_LOG, log, indent=2)
+        with publish.staged_dir(root / ADAPTER_DIR) as staging:
+            trainer.model.save_pretrained(str(staging))
+            (staging / _COMPLETE).touch()
     finally:
         scorer.close()
         del trainer
@@ -282,23 +326,9 @@ def _merge_adapter(backbone: ModelSource, dtype: str, adapter_dir: Path, merged:
 
     base = load_causal_lm(backbone, dtype=dtype)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    staging = merged.with_name(f".{MERGED_DIR}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging))
-    load_tokenizer(backbone).save_pretrained(str(staging))
-    (staging / _COMPLETE).touch()
-    shutil.rmtree(merged, ignore_errors=True)
-    os.replace(staging, merged)
+    with publish.staged_dir(merged) as staging:
+        model.save_pretrained(str(staging))
+        load_tokenizer(backbone).save_pretrained(str(staging))
+        (staging / _COMPLETE).touch()
     del model, base
     gc.collect()
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (blocking) for the duration of the block."""
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -3,10 +3,14 @@
 Work lives in ``rewrite.work_dir/<fingerprint>/``, where the fingerprint hashes everything
 that decides the result (model, data, prompts, sampling, seed) and nothing that decides who
 computes it (shards). Problems are cut into fixed chunks; each chunk is generated, then
-rescored, and each result is committed as one file by an atomic rename, so a run killed at
-any moment loses at most the chunks in flight. Every chunk's sampling seeds are functions of
-the chunk's index, so a resumed or sharded run writes exactly what an uninterrupted one does.
-The merge writes ``dataset/`` (Arrow) and, last, ``manifest.json``.
+rescored, and each result is committed as one file by an atomic rename (mindgap.publish), so a
+run killed at any moment loses at most the chunks in flight. Every chunk's sampling seeds are
+functions of the chunk's index, so a resumed or sharded run writes exactly what an uninterrupted
+one does. The merge writes ``dataset/`` (Arrow) and, last, ``manifest.json``.
+
+Jobs sharing the work dir (shards, a sweep's variants, a job started twice) split the work: a
+chunk is computed under its lock in ``locks/`` (mindgap.locks), a job skips chunks that a live job
+holds, and waits at the end for those to finish; the merge runs under the fingerprint's lock.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +28,13 @@ from typing import Any
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from mindgap import publish
 from mindgap.config import MindgapConfig
 from mindgap.data.sources import SkippedRecord, load_problems
 from mindgap.errors import DataError, MindgapError
 from mindgap.fingerprints import config_fingerprint, problems_fingerprint, verifier_fingerprint
 from mindgap.generation import Generator, make_generator
+from mindgap.locks import Lock, holder
 from mindgap.models import ModelSource, load_tokenizer, model_fingerprint, resolve_model
 from mindgap.prompts import prompts_fingerprint
 from mindgap.records import FEATURES, SOURCES, Problem, Record
@@ -42,10 +48,14 @@ DATASET_DIR = "dataset"
 MANIFEST = "manifest.json"
 GENERATED = "generated"
 RESCORED = "rescored"
+LOCKS = "locks"
+MERGE_LOCK = "merge.lock"
+# How often a job that waits for chunks held by other jobs looks again.
+WAIT_POLL_S = 1.0
 # Bump when the chunk files change meaning, so old work is never mixed with new.
 CHUNK_FORMAT = 2
 # Keys that decide which job computes a chunk, not what the chunk holds.
-SCHEDULING_KEYS = ("num_shards", "shard_index", "merge_only", "work_dir", "strict")
+SCHEDULING_KEYS = ("num_shards", "shard_index", "merge_only", "work_dir", "strict", "lock", "lock_stale_s")
 # Rewrite settings read by one strategy only (key -> strategy): fingerprinted only under that strategy, so that
 # adding or changing them leaves the other strategies' finished datasets valid.
 STRATEGY_SETTINGS = {"sdft": "sdft", "rl_agent": "rl_agent"}
@@ -104,13 +114,6 @@ def stage_fingerprint(config: MindgapConfig, problems: list[Problem], model: Mod
         "seed": config.seed,
     }
     return config_fingerprint(inputs)
-
-
-def _write_json_atomically(path: Path, payload: dict[str, Any], indent: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=indent, allow_nan=False))
-    os.replace(temporary, path)
 
 
 def _chunk_file(work: Path, phase: str, index: int) -> Path:
@@ -179,9 +182,7 @@ class RewriteStage:
         rewrite = self.config.rewrite
         computed = 0
         if not rewrite.merge_only:
-            computed = self._generate()
-            if rewrite.rescore:
-                self._rescore()
+            computed = self._compute()
         if rewrite.shard_index is not None:
             return StageResult(None, self._shard_status(computed), reused=False)
         missing = [i for i in range(len(self.chunks)) if not _chunk_file(self.work, self.final_phase, i).exists()]
@@ -191,12 +192,75 @@ class RewriteStage:
                 f"rewrite: {len(missing)} of {len(self.chunks)} chunks are not finished (shards {shards} of "
                 f"{rewrite.num_shards}, work dir {self.work}); run those shards, or rerun without merge_only"
             )
-        return self._merge(computed)
+        with self._lock(MERGE_LOCK):
+            if (self.work / MANIFEST).exists():  # another job merged while this one waited
+                return StageResult(self.work / DATASET_DIR, json.loads((self.work / MANIFEST).read_text()), False)
+            return self._merge(computed)
 
     # ------------------------------------------------------------------ phases
 
+    def _lock(self, name: str) -> Lock:
+        rewrite = self.config.rewrite
+        return Lock(self.work / LOCKS / name, rewrite.lock, rewrite.lock_stale_s)
+
+    @contextmanager
+    def _claimed(self, phase: str, index: int) -> Iterator[bool]:
+        """True while this job holds the chunk's lock and the chunk is still to be computed.
+
+        False when a live job computes it (its lock is held) or it was committed meanwhile.
+        """
+        lock = self._chunk_lock(phase, index)
+        if not lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            yield not _chunk_file(self.work, phase, index).exists()
+        finally:
+            lock.release()
+
+    def _compute(self) -> int:
+        """Compute this job's unfinished chunks, then wait for those other jobs hold; returns chunks generated."""
+        for phase in (GENERATED, RESCORED):
+            publish.clean_stale_staging(self.work / phase)
+        computed, announced = 0, False
+        while True:
+            computed += self._generate()
+            if self.config.rewrite.rescore:
+                self._rescore()
+            unfinished = [i for i in self.mine if not _chunk_file(self.work, self.final_phase, i).exists()]
+            if not unfinished:
+                return computed
+            if not announced:
+                holders = {
+                    f"{found['host']}:{found['pid']}"
+                    for path in (self.work / LOCKS).glob("*.lock")
+                    if (found := holder(path)) is not None
+                }
+                print(
+                    f"rewrite: waiting for {len(unfinished)} chunks that other jobs compute "
+                    f"(lock holders {', '.join(sorted(holders)) or 'unknown'}; work dir {self.work})",
+                    flush=True,
+                )
+                announced = True
+            # A holder that dies releases its lock (or leaves a stale one), and the next pass takes its chunk.
+            time.sleep(WAIT_POLL_S)
+
     def _pending(self, phase: str, ready: Callable[[int], bool] = lambda index: True) -> list[int]:
-        return [i for i in self.mine if ready(i) and not _chunk_file(self.work, phase, i).exists()]
+        """Chunks to compute now: not committed, and not held by a live job (so that a job waiting for
+        others' chunks loads no model for them)."""
+        return [
+            i for i in self.mine if ready(i) and not _chunk_file(self.work, phase, i).exists() and self._free(phase, i)
+        ]
+
+    def _free(self, phase: str, index: int) -> bool:
+        lock = self._chunk_lock(phase, index)
+        if not lock.acquire(blocking=False):
+            return False
+        lock.release()
+        return True
+
+    def _chunk_lock(self, phase: str, index: int) -> Lock:
+        return self._lock(f"{phase}-{index:05d}.lock")
 
     def _generate(self) -> int:
         pending = self._pending(GENERATED)
@@ -205,6 +269,7 @@ class RewriteStage:
         strategy = self.config.rewrite.strategy
         generator: Generator | None = None
         progress: _Progress | None = None
+        computed = 0
         try:
             with Verifier(self.config.verifier.workers, self.config.verifier.timeout_s) as verifier:
                 if uses_generator(strategy):
@@ -227,26 +292,31 @@ class RewriteStage:
                     self.config.prompt_type,
                 )
                 for index in pending:
-                    started, before = time.time(), verifier.counters.as_dict()
-                    outcome = rewriter.run(self.chunks[index], seed=self._chunk_seed(index))
-                    after = verifier.counters.as_dict()
-                    payload = {
-                        "index": index,
-                        "problem_ids": [problem.id for problem in self.chunks[index]],
-                        "records": [record.to_dict() for record in outcome.records],
-                        "stages": {name: dataclasses.asdict(stats) for name, stats in outcome.stages.items()},
-                        "dropped": outcome.dropped,
-                        "verifier": {key: after[key] - before.get(key, 0) for key in after},
-                        "wall_time_s": time.time() - started,
-                    }
-                    _write_json_atomically(_chunk_file(self.work, GENERATED, index), payload)
+                    with self._claimed(GENERATED, index) as claimed:
+                        if not claimed:
+                            continue
+                        started, before = time.time(), verifier.counters.as_dict()
+                        outcome = rewriter.run(self.chunks[index], seed=self._chunk_seed(index))
+                        after = verifier.counters.as_dict()
+                        payload = {
+                            "index": index,
+                            "problem_ids": [problem.id for problem in self.chunks[index]],
+                            "records": [record.to_dict() for record in outcome.records],
+                            "stages": {name: dataclasses.asdict(stats) for name, stats in outcome.stages.items()},
+                            "dropped": outcome.dropped,
+                            "verifier": {key: after[key] - before.get(key, 0) for key in after},
+                            "wall_time_s": time.time() - started,
+                            "writer": {"host": publish.HOST, "pid": os.getpid()},
+                        }
+                        publish.write_json(_chunk_file(self.work, GENERATED, index), payload)
+                        computed += 1
                     progress.update(len(self.chunks[index]), _problems_per_source(outcome.records), outcome.stages)
         finally:
             if progress is not None:
                 progress.close()
             if generator is not None:
                 generator.close()
-        return len(pending)
+        return computed
 
     def _generation_model(self, verifier: BatchVerifier) -> ModelSource | str:
         """The weights the strategy samples from: the backbone, or for rl_agent the trained rewriter (merged)."""
@@ -303,28 +373,32 @@ class RewriteStage:
 
         try:
             for index in tqdm(pending, desc="rescore", unit="chunk", dynamic_ncols=True):
-                payload = json.loads(_chunk_file(self.work, GENERATED, index).read_text())
-                started = time.time()
-                records = [Record.from_dict(row) for row in payload["records"]]
-                gaps = Gaps()
-                for source in sorted({record.source for record in records}):
-                    of_source = [record for record in records if record.source == source]
-                    gaps.update(rescorer_of(source).rescore(of_source))
-                # A non-finite log-prob would fail every merge (and training): such records never reach a chunk.
-                finite = without_nonfinite(
-                    records, self._expert_records, lambda experts: rescorer_of("expert").rescore(experts)
-                )
-                payload["logprob_gap"] = gaps.largest
-                payload["logprob_gap_infinite"] = gaps.nonfinite
-                payload["nonfinite_logprobs"] = {
-                    "removed": finite.removed,
-                    "fell_back_to_expert": finite.fell_back_to_expert,
-                    "dropped": len(finite.dropped),
-                }
-                payload["dropped"].update(finite.dropped)
-                payload["records"] = [record.to_dict() for record in finite.records]
-                payload["wall_time_s"] += time.time() - started
-                _write_json_atomically(_chunk_file(self.work, RESCORED, index), payload)
+                with self._claimed(RESCORED, index) as claimed:
+                    if not claimed:
+                        continue
+                    payload = json.loads(_chunk_file(self.work, GENERATED, index).read_text())
+                    started = time.time()
+                    records = [Record.from_dict(row) for row in payload["records"]]
+                    gaps = Gaps()
+                    for source in sorted({record.source for record in records}):
+                        of_source = [record for record in records if record.source == source]
+                        gaps.update(rescorer_of(source).rescore(of_source))
+                    # A non-finite log-prob would fail every merge (and training): such records never reach a chunk.
+                    finite = without_nonfinite(
+                        records, self._expert_records, lambda experts: rescorer_of("expert").rescore(experts)
+                    )
+                    payload["logprob_gap"] = gaps.largest
+                    payload["logprob_gap_infinite"] = gaps.nonfinite
+                    payload["nonfinite_logprobs"] = {
+                        "removed": finite.removed,
+                        "fell_back_to_expert": finite.fell_back_to_expert,
+                        "dropped": len(finite.dropped),
+                    }
+                    payload["dropped"].update(finite.dropped)
+                    payload["records"] = [record.to_dict() for record in finite.records]
+                    payload["wall_time_s"] += time.time() - started
+                    payload["rescorer"] = {"host": publish.HOST, "pid": os.getpid()}
+                    publish.write_json(_chunk_file(self.work, RESCORED, index), payload)
         finally:
             for rescorer in rescorers.values():
                 rescorer.close()
@@ -422,15 +496,12 @@ class RewriteStage:
         if self.config.rewrite.strategy == "rl_agent":
             manifest["rl_agent"] = rl_agent.training_summary(self.work)
         # The dataset is staged privately and renamed into place; the manifest comes last and marks it done.
-        staging = self.work / f".merge-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        Dataset.from_list(rows, features=FEATURES).save_to_disk(str(staging / DATASET_DIR))
+        # (Under the merge lock, with no manifest: a dataset/ already there is what a killed merge left.)
+        publish.clean_stale_staging(self.work)
         dataset_dir = self.work / DATASET_DIR
-        # A dataset without a manifest is what a merge killed between the two renames leaves.
-        shutil.rmtree(dataset_dir, ignore_errors=True)
-        os.replace(staging / DATASET_DIR, dataset_dir)
-        _write_json_atomically(self.work / MANIFEST, manifest, indent=2)
-        shutil.rmtree(staging, ignore_errors=True)
+        with publish.staged_dir(dataset_dir) as staging:
+            Dataset.from_list(rows, features=FEATURES).save_to_disk(str(staging))
+        publish.write_json(self.work / MANIFEST, manifest, indent=2)
         return StageResult(dataset_dir, manifest, reused=False, sample_rows=rows)
 
 

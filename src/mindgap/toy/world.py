@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from mindgap import publish
 from mindgap.config import ToyDataConfig, ToyDistributionConfig, ToyWorldConfig
 from mindgap.toy.problems import ToyProblem, draw_problem
 from mindgap.toy.styles import expert_solution, native_solution
@@ -107,14 +106,5 @@ def materialise_split(toy: ToyDataConfig, split: str, directory: Path) -> Path:
     path = split_file(directory, toy.world, split, toy.size)
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            for row in split_rows(toy.world, split, toy.size):
-                file.write(json.dumps(row) + "\n")
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
+    publish.write_text(path, "".join(json.dumps(row) + "\n" for row in split_rows(toy.world, split, toy.size)))
     return path

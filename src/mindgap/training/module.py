@@ -57,6 +57,9 @@ class FineTuningModule(LightningModule):
         self.export_dtype = export_dtype
         self.train_config = train
         self.export_dir = export_dir
+        # Set by export(). A run resumed from its final checkpoint has no training left: Lightning then
+        # skips on_train_end, and on_fit_end exports instead.
+        self.exported = False
         self.model: torch.nn.Module | None = None
         # Sums over the optimiser step in progress (its micro-batches on this rank): loss, importance
         # weights, weight histogram, and real vs processed (padded) tokens.
@@ -206,8 +209,18 @@ class FineTuningModule(LightningModule):
         self.log_dict(metrics, rank_zero_only=True)
 
     def on_train_end(self) -> None:
-        # Runs in the training processes (also spawned ones, where the weights live). Every rank takes
-        # part in gathering sharded weights; rank zero writes them, cast from the master weights.
+        self.export()
+
+    def on_fit_end(self) -> None:
+        if not self.exported:
+            self.export()
+
+    def export(self) -> None:
+        """Write the trained weights to ``export_dir`` as a Hugging Face model.
+
+        Runs in the training processes (also spawned ones, where the weights live). Every rank takes
+        part in gathering sharded weights; rank zero writes them, cast from the master weights.
+        """
         assert self.model is not None
         full_state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.trainer.is_global_zero:
@@ -221,6 +234,7 @@ class FineTuningModule(LightningModule):
             config = json.loads(config_file.read_text())
             config["dtype"] = str(dtype).removeprefix("torch.")
             config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        self.exported = True
 
     def configure_gradient_clipping(
         self,

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import Logger
 
 from mindgap.config import MindgapConfig
 from mindgap.data.datamodule import RewrittenDataModule
-from mindgap.errors import ConfigError
 from mindgap.models import load_tokenizer, resolve_model
+from mindgap.training.checkpoints import MarkedCheckpoint, resume_path, run_fingerprint
 from mindgap.training.module import FineTuningModule
 from mindgap.training.strategy import build_strategy, lightning_precision
 
 EXPORT_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_NAME = re.compile(r"step-(\d+)(\.ckpt)?$")
 
 
 def run_training(
@@ -36,9 +34,13 @@ def run_training(
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     module = FineTuningModule(model, config.model.dtype, train, export_dir)
     callbacks = list(callbacks or [])
+    fingerprint = run_fingerprint(config)
+    # Before the model loads: a checkpoint that cannot be resumed is refused at once.
+    resume = resume_path(train.checkpoint.resume, checkpoint_dir, fingerprint)
     if train.checkpoint.every_n_steps is not None:
         callbacks.append(
-            ModelCheckpoint(
+            MarkedCheckpoint(
+                fingerprint,
                 dirpath=checkpoint_dir,
                 filename="step-{step:06d}",
                 auto_insert_metric_name=False,
@@ -77,23 +79,7 @@ def run_training(
         limit_val_batches=1.0 if module.validates else 0,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(train.checkpoint.resume, checkpoint_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     if trainer.is_global_zero:
         load_tokenizer(model).save_pretrained(export_dir)
     return export_dir
-
-
-def resume_path(resume: str | None, checkpoint_dir: Path) -> str | None:
-    """The checkpoint ``train.checkpoint.resume`` names: ``last`` is the newest in this run's directory."""
-    if resume is None:
-        return None
-    if resume != "last":
-        if not Path(resume).exists():
-            raise ConfigError(f"train.checkpoint.resume={resume}: no such checkpoint")
-        return resume
-    steps = {
-        int(match.group(1)): path
-        for path in (checkpoint_dir.iterdir() if checkpoint_dir.is_dir() else [])
-        if (match := CHECKPOINT_NAME.match(path.name))
-    }
-    return str(steps[max(steps)]) if steps else None
