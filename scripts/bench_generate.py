@@ -115,8 +115,8 @@ def run_stage(config: MindgapConfig) -> tuple[float, RecordingGenerator]:
 def _tokens_up_to_stop(generated: torch.Tensor, stop_ids: list[int]) -> int:
     stops = torch.isin(generated, torch.tensor(stop_ids))
     # Per row: the ids up to and including the first stop, or all of them.
-    first = torch.where(stops.any(dim=1), stops.int().argmax(dim=1) + 1, torch.full_like(stops[:, 0], stops.shape[1]))
-    return int(first.sum())
+    lengths = torch.where(stops.any(dim=1), stops.int().argmax(dim=1) + 1, stops.shape[1])
+    return int(lengths.sum())
 
 
 @torch.no_grad()
