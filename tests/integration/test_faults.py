@@ -15,6 +15,7 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -56,12 +57,13 @@ def _config(app: str, overrides: list[str], schema: type = MindgapConfig):
         return to_typed(compose(app, overrides=overrides), schema)
 
 
-def _in_child(job: Callable[[], object], kill_at: int | None = None, trace: Path | None = None) -> int:
-    """Run ``job`` in a forked process and return its exit code (-9 when the hook killed it)."""
+def _forked(job: Callable[[], object], kill_at: int | None = None, trace: Path | None = None):
+    """Start ``job`` in a forked process, with the fault-injection hook armed at ``kill_at``."""
 
     def target() -> None:
         import torch
 
+        # The parent's OpenMP thread pool does not survive a fork: a child using it would hang.
         torch.set_num_threads(1)
         os.environ.pop(publish.KILL_AT_COMMIT, None)
         if kill_at is not None:
@@ -72,8 +74,20 @@ def _in_child(job: Callable[[], object], kill_at: int | None = None, trace: Path
 
     process = multiprocessing.get_context("fork").Process(target=target)
     process.start()
+    return process
+
+
+def _join(process: multiprocessing.Process) -> None:
     process.join(300)
-    assert process.exitcode is not None, "the run hung"
+    if process.exitcode is None:
+        process.kill()
+        raise AssertionError("the run hung")
+
+
+def _in_child(job: Callable[[], object], kill_at: int | None = None, trace: Path | None = None) -> int:
+    """Run ``job`` in a forked process and return its exit code (-9 when the hook killed it)."""
+    process = _forked(job, kill_at, trace)
+    _join(process)
     return process.exitcode
 
 
@@ -126,32 +140,22 @@ def test_a_rewrite_killed_at_any_commit_point_reruns_to_the_uninterrupted_datase
 
 
 def test_two_concurrent_rewrite_jobs_compute_every_chunk_once_and_agree(tmp_path: Path) -> None:
+    from mindgap.rewrite import rewrite
+
     trace = tmp_path / "trace"
     jobs = []
     for name in ("a", "b"):
         overrides = [*REWRITE, "data.limit=6", f"rewrite.work_dir={tmp_path / 'work'}"]
         config = _config("rewrite", [*overrides, f"output_dir={tmp_path / name / 'out'}"])
-        jobs.append(_forked_rewrite(config, tmp_path / name / "out", trace))
+        jobs.append(_forked(partial(rewrite, config, tmp_path / name / "out"), trace=trace))
     for process in jobs:
-        process.join(300)
+        _join(process)
         assert process.exitcode == 0
     chunk_commits = Counter(
         line.split()[-1] for line in trace.read_text().splitlines() if "/generated/" in line or "/rescored/" in line
     )
     assert len(chunk_commits) == 12 and set(chunk_commits.values()) == {1}, chunk_commits
     assert _published(tmp_path / "a") == _published(tmp_path / "b")
-
-
-def _forked_rewrite(config: MindgapConfig, output_dir: Path, trace: Path) -> multiprocessing.Process:
-    from mindgap.rewrite import rewrite
-
-    def target() -> None:
-        os.environ[publish.COMMIT_TRACE] = str(trace)
-        rewrite(config, output_dir)
-
-    process = multiprocessing.get_context("fork").Process(target=target)
-    process.start()
-    return process
 
 
 def test_a_full_disk_leaves_no_trusted_partial_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
