@@ -106,7 +106,8 @@ def test_rewrite_app_skips_bad_records_when_not_strict(tmp_path: Path) -> None:
     strict = run_app_subprocess("rewrite", *common, f"output_dir={tmp_path / 'strict'}")
     assert strict.returncode == 2
     assert strict.stderr.strip() == (
-        "mindgap-rewrite: error: record file/1: no gold answer in field 'sol' (answer_format=gsm8k)"
+        f"mindgap-rewrite: error: data 'file': {data}:2: record file/1: no gold answer in field 'sol'"
+        " (answer_format=gsm8k)"
     )
 
     lenient = run_app_subprocess("rewrite", *common, "rewrite.strict=false", f"output_dir={tmp_path / 'lenient'}")

@@ -245,8 +245,9 @@ def _to_problem(row: dict[str, Any], index: int, data: DataConfig) -> Problem:
         _check_answer_type(row[fields.answer], data)
         if fields.solution is not None:
             solution = row[fields.solution]
-            first = solution[0] if data.solution_format == "first_of_list" and isinstance(solution, list) else None
-            _check_type(first if first is not None else solution, fields.solution)
+            if data.solution_format == "first_of_list" and isinstance(solution, list):
+                solution = solution[0] if solution else None
+            _check_type(solution, fields.solution)
     except DataError as error:
         raise DataError(f"record {record_id}: {error}") from None
     problem = (row[fields.problem] or "").strip()
