@@ -4,6 +4,9 @@ Every app composes its root YAML on top of one of the dataclasses below (registe
 Hydra's ConfigStore), so a misspelt key or a wrong type is rejected while the config is
 composed. ``to_typed`` then builds the dataclass objects, which runs the ``__post_init__``
 checks on values (ranges, choices) and turns any failure into a one-line ``ConfigError``.
+
+One module past the usual size: every stage's schema lives here until each stage package owns its
+own (the layout issue moves them beside the code that reads them).
 """
 
 from __future__ import annotations

@@ -129,6 +129,14 @@ def test_every_record_is_trained_once_an_epoch_and_the_report_says_so(
     assert (tmp_path / "model" / "model.safetensors").exists()
 
 
+def _train_logged(config: MindgapConfig, output_dir: Path) -> None:
+    from mindgap.app import stage_tracker
+
+    tracker = stage_tracker(config, output_dir, "train")
+    run_training(config, output_dir, tracker.logger)
+    tracker.finish()
+
+
 def _val_losses(output_dir: Path) -> list[dict[str, str]]:
     (metrics,) = (output_dir / "csv").glob("*/metrics.csv")
     with metrics.open() as handle:
@@ -159,11 +167,7 @@ def test_validation_loss_is_the_per_token_nll_of_the_held_out_reference_solution
         "logger=csv",
         "train.progress_bar=false",
     )
-    from mindgap.app import stage_tracker
-
-    tracker = stage_tracker(config, tmp_path, "train")
-    run_training(config, tmp_path, tracker.logger)
-    tracker.finish()
+    _train_logged(config, tmp_path)
     datamodule = RewrittenDataModule(config, tmp_path)
     datamodule.setup("fit")
     held_out = json.loads((tmp_path / DATA_REPORT).read_text())["held_out_for_validation"]
@@ -189,11 +193,7 @@ def test_validation_on_a_data_config_of_reference_solutions(tmp_path: Path, expe
         "logger=csv",
         "train.progress_bar=false",
     )
-    from mindgap.app import stage_tracker
-
-    tracker = stage_tracker(config, tmp_path, "train")
-    run_training(config, tmp_path, tracker.logger)
-    tracker.finish()
+    _train_logged(config, tmp_path)
     (row,) = _val_losses(tmp_path)
     # smoke trains 2 steps: validated once, after the last.
     assert int(row["step"]) == 1 and 0 < float(row["val/loss"]) < 20

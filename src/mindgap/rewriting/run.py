@@ -11,6 +11,9 @@ one does. The merge writes ``dataset/`` (Arrow) and, last, ``manifest.json``.
 Jobs sharing the work dir (shards, a sweep's variants, a job started twice) split the work: a
 chunk is computed under its lock in ``locks/`` (mindgap.locks), a job skips chunks that a live job
 holds, and waits at the end for those to finish; the merge runs under the fingerprint's lock.
+
+One module past the usual size: the chunk lifecycle (generate, rescore, merge, publish) and its
+locks are one contract; splitting it waits for the layout issue that moves the stage into its package.
 """
 
 from __future__ import annotations

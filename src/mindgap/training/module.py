@@ -116,16 +116,19 @@ class FineTuningModule(LightningModule):
         every = self.train_config.histogram_every_n_steps
         return every is not None and self.train_config.loss.name != "sft" and (self.global_step + 1) % every == 0
 
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+    def _label_logprobs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.model is not None
-        loss = self.train_config.loss
-        logprobs, mask = label_logprobs(
+        return label_logprobs(
             self.model,
             batch["input_ids"],
             batch["attention_mask"],
             batch["labels"],
             self.train_config.logits_chunk_size,
         )
+
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+        loss = self.train_config.loss
+        logprobs, mask = self._label_logprobs(batch)
         sources = source_ids(batch["sources"], device=logprobs.device)
         rules = weight_rules(loss.name, sources, loss.expert_behavior)
         missing = (rules == WeightRule.MODEL) & ~batch["has_behavior"]
@@ -184,14 +187,7 @@ class FineTuningModule(LightningModule):
         self.val_sums = torch.zeros(len(VAL_GROUPS), 2, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
-        assert self.model is not None
-        logprobs, mask = label_logprobs(
-            self.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["labels"],
-            self.train_config.logits_chunk_size,
-        )
+        logprobs, mask = self._label_logprobs(batch)
         if not batch["counted"]:
             return
         groups = torch.tensor([VAL_GROUPS.index(source) for source in batch["sources"]], device=logprobs.device)
