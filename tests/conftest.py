@@ -9,6 +9,11 @@ import pytest
 
 from mindgap.config import PROJECT_ROOT, TinyModelConfig
 
+# Two workers with torch's default two threads each oversubscribe two cores, and its OpenMP pool then
+# slows by an order of magnitude: under pytest-xdist each worker and every process it starts use one.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 DATA_ROOT = os.environ.get("MINDGAP_DATA_ROOT") or str(PROJECT_ROOT.parent / "shared" / "data")
 
 

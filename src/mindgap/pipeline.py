@@ -1,4 +1,7 @@
-"""mindgap-pipeline: rewrite, train every variant, evaluate them all, write the report."""
+"""mindgap-pipeline: rewrite, train every variant, evaluate them all, write the report.
+
+The stages' code is imported by the job, once the config is valid (see ``mindgap.app``).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,8 @@ from omegaconf import DictConfig
 
 from mindgap.app import is_rank_zero, run_app, run_cli
 from mindgap.config import CONFIG_DIR, MindgapConfig, VariantConfig, register_configs
-from mindgap.data.sources import data_config
 from mindgap.errors import ConfigError
 from mindgap.eval import evaluate
-from mindgap.models import resolve_model_path
-from mindgap.report import BASE_LABEL, TrainedVariant, write_report
 from mindgap.rewrite import rewrite
 from mindgap.train import train
 
@@ -44,6 +44,8 @@ def _check_launch(config: MindgapConfig, variants: list[VariantConfig]) -> None:
 
 def check_forgetting(config: MindgapConfig) -> None:
     """Forgetting benchmarks are named as the evaluation names them: each must be one of eval.benchmarks."""
+    from mindgap.data.sources import data_config
+
     evaluated = {data_config(name).name for name in config.eval.benchmarks or []}
     unknown = [name for name in config.pipeline.forgetting_benchmarks if name not in evaluated]
     if unknown:
@@ -58,6 +60,9 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
 
     Returns the first variant's mean score, the sweep metric.
     """
+    from mindgap.models import resolve_model_path
+    from mindgap.report import BASE_LABEL, TrainedVariant, write_report
+
     variants = variants_of(config)
     _check_launch(config, variants)
     check_forgetting(config)
