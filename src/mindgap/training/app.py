@@ -1,4 +1,7 @@
-"""mindgap-train: fine-tune on rewritten records (the data module runs the rewriting stage when needed)."""
+"""mindgap-train: fine-tune on rewritten records (the data module runs the rewriting stage when needed).
+
+The stage's code is imported by the job, once the config is valid (see ``mindgap.app``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,8 @@ import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
-from mindgap.tracking import AppendingCSVLogger
-from mindgap.training.run import run_training
+from mindgap.config import MindgapConfig, register_configs
+from mindgap.paths import CONFIG_DIR
 
 register_configs()
 
@@ -24,6 +26,9 @@ def train(config: MindgapConfig, output_dir: Path, label: str | None = None) -> 
     Besides the configured logger, every step's metrics go to ``output_dir/metrics.csv``, which the
     pipeline's report and the analysis notebook read whatever the logger. A resumed run appends to it.
     """
+    from mindgap.tracking import AppendingCSVLogger
+    from mindgap.training.run import run_training
+
     tags = [f"loss:{config.train.loss.name}", f"rewrite:{config.rewrite.strategy}", f"data:{config.data.name}"]
     tracker = stage_tracker(config, output_dir, "train", tags, label=label)
     step_metrics = AppendingCSVLogger(save_dir=str(output_dir), name="", version="")

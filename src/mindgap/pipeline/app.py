@@ -1,4 +1,7 @@
-"""mindgap-pipeline: rewrite, train every variant, evaluate them all, write the report."""
+"""mindgap-pipeline: rewrite, train every variant, evaluate them all, write the report.
+
+The stages' code is imported by the job, once the config is valid (see ``mindgap.app``).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +13,13 @@ import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import is_rank_zero, run_app, run_cli
-from mindgap.config import CONFIG_DIR, MindgapConfig, VariantConfig, register_configs
-from mindgap.data.sources import data_config
+from mindgap.config import MindgapConfig, register_configs
 from mindgap.errors import ConfigError
-from mindgap.eval import evaluate
-from mindgap.models import resolve_model_path
-from mindgap.report import BASE_LABEL, TrainedVariant, write_report
-from mindgap.rewrite import rewrite
-from mindgap.train import train
+from mindgap.evaluation.app import evaluate
+from mindgap.paths import CONFIG_DIR
+from mindgap.pipeline.config import VariantConfig
+from mindgap.rewriting.app import rewrite
+from mindgap.training.app import train
 
 register_configs()
 
@@ -44,6 +46,8 @@ def _check_launch(config: MindgapConfig, variants: list[VariantConfig]) -> None:
 
 def check_forgetting(config: MindgapConfig) -> None:
     """Forgetting benchmarks are named as the evaluation names them: each must be one of eval.benchmarks."""
+    from mindgap.data.sources import data_config
+
     evaluated = {data_config(name).name for name in config.eval.benchmarks or []}
     unknown = [name for name in config.pipeline.forgetting_benchmarks if name not in evaluated]
     if unknown:
@@ -58,6 +62,9 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
 
     Returns the first variant's mean score, the sweep metric.
     """
+    from mindgap.models.resolve import resolve_model_path
+    from mindgap.pipeline.report import BASE_LABEL, TrainedVariant, write_report
+
     variants = variants_of(config)
     _check_launch(config, variants)
     check_forgetting(config)
@@ -96,8 +103,10 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
         ),
     )
     score = evaluate(eval_config, output_dir / EVAL_DIR)
-    report_dir = write_report(eval_config, trained, output_dir / EVAL_DIR, output_dir / REPORT_DIR)
-    print(f"mindgap-pipeline: mean eval score of {labels[0]} {score:.4f}; report in {report_dir}", flush=True)
+    report_dir = output_dir / REPORT_DIR
+    for line in write_report(eval_config, trained, output_dir / EVAL_DIR, report_dir):
+        print(f"mindgap-pipeline: {line}", flush=True)
+    print(f"mindgap-pipeline: report in {report_dir}", flush=True)
     return score
 
 

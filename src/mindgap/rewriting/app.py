@@ -1,4 +1,7 @@
-"""mindgap-rewrite: rewrite an expert data set with the model itself."""
+"""mindgap-rewrite: rewrite an expert data set with the model itself.
+
+The stage's code is imported by the job, once the config is valid (see ``mindgap.app``).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,19 @@ import itertools
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
 from mindgap import publish
 from mindgap.app import run_app, run_cli, stage_tracker
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
-from mindgap.rewriting.run import DATASET_DIR, MANIFEST, StageResult, run_rewrite_stage
-from mindgap.tracking import Tracker
+from mindgap.config import MindgapConfig, register_configs
+from mindgap.paths import CONFIG_DIR
+
+if TYPE_CHECKING:
+    from mindgap.rewriting.run import StageResult
+    from mindgap.tracking import Tracker
 
 register_configs()
 
@@ -28,6 +35,8 @@ def rewrite(config: MindgapConfig, output_dir: Path) -> Path | None:
     Finished work is reused: the stage keeps its chunks and merged datasets in ``rewrite.work_dir``
     under a fingerprint of everything that decides the result.
     """
+    from mindgap.rewriting.run import DATASET_DIR, run_rewrite_stage
+
     result = run_rewrite_stage(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     if result.dataset_dir is None:
@@ -51,6 +60,8 @@ def _publish(result: StageResult, output_dir: Path) -> None:
 
     The old manifest goes first, so that no crash leaves it beside another dataset; the new one comes last.
     """
+    from mindgap.rewriting.run import DATASET_DIR, MANIFEST
+
     assert result.dataset_dir is not None
     manifest_path = output_dir / MANIFEST
     if (
