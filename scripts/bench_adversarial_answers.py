@@ -15,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mindgap.evaluation.metrics import answer_class
-from mindgap.verify import Verifier, extract_answer
+from mindgap.verification.answers import extract_answer
+from mindgap.verification.verifier import Verifier
 from tests.unit.test_verify import ADVERSARIAL
 
 

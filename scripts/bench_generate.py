@@ -37,9 +37,11 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 
-from mindgap.config import CONFIG_DIR, PROJECT_ROOT, MindgapConfig, SamplingConfig, register_configs, to_typed
+from mindgap.config import MindgapConfig, register_configs, to_typed
+from mindgap.generation.config import SamplingConfig
 from mindgap.generation.hf import HFGenerator
-from mindgap.models import resolve_model_path
+from mindgap.models.resolve import resolve_model_path
+from mindgap.paths import CONFIG_DIR, PROJECT_ROOT
 from mindgap.rewriting import run as stage_module
 
 DATA_ROOT = str(PROJECT_ROOT.parent / "shared" / "data")

@@ -32,9 +32,10 @@ from typing import Any
 
 import torch
 
-from mindgap.config import PROJECT_ROOT, TinyModelConfig
-from mindgap.models import load_causal_lm
+from mindgap.models.config import TinyModelConfig
+from mindgap.models.loading import load_causal_lm
 from mindgap.models.tiny import build_from_config_file, build_tiny_model
+from mindgap.paths import PROJECT_ROOT
 from mindgap.training.logits import label_logprobs
 from mindgap.training.losses import IGNORE_INDEX, source_ids, weight_rules, weighted_loss
 

@@ -5,22 +5,32 @@ dropped, the final ``#### N`` line rewritten as ``The answer is \\boxed{N}.``, w
 answers and of answers in other forms (``1,000``, ``\\$12.50``, ``\\frac{}{}``, units, ``\\sqrt{}``,
 GSM8K ``####``, no answer at all). Both methods run in this process on the same items.
 
+``--pools`` compares the worker pool itself (``mindgap.verification.pool.Pool``) with pebble's
+``ProcessPool`` (per-task timeouts, a stuck worker killed and replaced) on the checks only math-verify
+can decide: verdicts/s with the pool starting inside the clock (cold) and already running (warm),
+the seconds to get past an answer that hangs sympy, and a memory cap per worker.
+
     .venv/bin/python scripts/bench_verify.py --items 4000 --workers 2
+    .venv/bin/python scripts/bench_verify.py --pools --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import re
+import resource
 import sys
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-from mindgap.config import PROJECT_ROOT
 from mindgap.data.sources import data_config, load_problems
-from mindgap.verify import Verifier
+from mindgap.paths import PROJECT_ROOT
+from mindgap.verification import pool as pool_module
+from mindgap.verification.verifier import Verifier
 
 _CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")
 
@@ -102,13 +112,114 @@ def run_verifier(responses: list[str], golds: list[str], workers: int | None, ti
         return verdicts, elapsed, verifier.workers, counters
 
 
+# A check that makes sympy spin (tests/unit/test_verify.py): it must time out and not stall the rest.
+HANG = (pool_module.COMPARE, "5", "9^{9^{9^{9^{9}}}}")
+_CHECKER: pool_module._Checker | None = None
+
+
+def symbolic_tasks(count: int) -> list[tuple[int, str, str]]:
+    """Distinct (kind, gold, prediction) checks the fast path leaves to math-verify, true and false."""
+    forms = ("\\sqrt{{{square}}}", "{less} + 1", "\\frac{{{double}}}{{2}} + 0", "{n}.0 \\cdot 1")
+    tasks = []
+    for index in range(count):
+        n = 2 + index // len(forms)
+        form = forms[index % len(forms)].format(square=n * n, less=n - 1, double=2 * n, n=n)
+        gold = str(n if index % 5 else n + 1)  # every fifth is wrong
+        tasks.append((pool_module.COMPARE, gold, form))
+    return tasks
+
+
+def _limit_memory(memory_limit_mb: int) -> None:
+    limit = memory_limit_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _pebble_check(kind: int, gold: str, predicted: str, timeout_s: float) -> int:
+    """One check in a pebble worker: the same math-verify call as the pool's workers, timed out by pebble."""
+    global _CHECKER
+    if _CHECKER is None:
+        _CHECKER = pool_module._Checker()
+    return _CHECKER.check(kind, gold, predicted, timeout_s, False)
+
+
+def run_own_pool(workers: int, tasks: list, timeout_s: float, memory_limit_mb: int) -> dict[str, float]:
+    own = pool_module.Pool(workers, soft_timeout=True, memory_limit_mb=memory_limit_mb)
+    grace = min(2.0, max(0.25, 0.5 * timeout_s))
+    try:
+        started = time.perf_counter()
+        cold = own.run(tasks, timeout_s, grace, set())[0]
+        cold_s = time.perf_counter() - started
+        started = time.perf_counter()
+        warm = own.run(tasks, timeout_s, grace, set())[0]
+        warm_s = time.perf_counter() - started
+        started = time.perf_counter()
+        hung, restarts = own.run([HANG, *tasks[:20]], timeout_s, grace, set())
+        hang_s = time.perf_counter() - started
+    finally:
+        own.close()
+    assert cold == warm and hung[1:] == warm[:20]
+    return {"cold": cold_s, "warm": warm_s, "hang": hang_s, "hang_outcome": hung[0], "restarts": restarts}
+
+
+def run_pebble(workers: int, tasks: list, timeout_s: float, memory_limit_mb: int, expected: list[int]):
+    from pebble import ProcessPool
+
+    def outcomes(pool: ProcessPool, items: list) -> list[int]:
+        futures = [pool.submit(_pebble_check, timeout_s, *item, timeout_s) for item in items]
+        results = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except FutureTimeout:
+                results.append(pool_module.TIMEOUT)
+        return results
+
+    context = multiprocessing.get_context("spawn")
+    started = time.perf_counter()
+    with ProcessPool(workers, initializer=_limit_memory, initargs=(memory_limit_mb,), context=context) as pool:
+        cold = outcomes(pool, tasks)
+        cold_s = time.perf_counter() - started
+        started = time.perf_counter()
+        warm = outcomes(pool, tasks)
+        warm_s = time.perf_counter() - started
+        started = time.perf_counter()
+        hung = outcomes(pool, [HANG, *tasks[:20]])
+        hang_s = time.perf_counter() - started
+    assert cold == warm == expected and hung[1:] == expected[:20]
+    return {"cold": cold_s, "warm": warm_s, "hang": hang_s, "hang_outcome": hung[0], "restarts": float("nan")}
+
+
+def compare_pools(workers: int, timeout_s: float, count: int, memory_limit_mb: int = 4096) -> None:
+    tasks = symbolic_tasks(count)
+    own = run_own_pool(workers, tasks, timeout_s, memory_limit_mb)
+    expected = pool_module.Pool(workers, True, memory_limit_mb)
+    try:
+        reference = expected.run(tasks, timeout_s, 1.0, set())[0]
+    finally:
+        expected.close()
+    pebble = run_pebble(workers, tasks, timeout_s, memory_limit_mb, reference)
+    print(f"{count} symbolic checks (math-verify decides each), {workers} workers, {timeout_s:g} s limit per check,")
+    print(f"{memory_limit_mb} MiB address space per worker (RLIMIT_AS, both pools); {os.cpu_count()} CPU cores")
+    print(f"{'pool':<34} {'cold/s':>8} {'warm/s':>8} {'ratio':>6} {'hang + 20 (s)':>14} {'hang verdict':>13}")
+    names = {pool_module.TIMEOUT: "timed out", pool_module.FALSE: "false", pool_module.TRUE: "true"}
+    for name, row in (("mindgap Pool (subprocess, pipes)", own), ("pebble ProcessPool (spawn)", pebble)):
+        print(
+            f"{name:<34} {count / row['cold']:>8.0f} {count / row['warm']:>8.0f} {own['warm'] / row['warm']:>5.2f}x"
+            f" {row['hang']:>14.2f} {names.get(int(row['hang_outcome']), str(row['hang_outcome'])):>13}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=4000, help="responses to verify (default 4000)")
     parser.add_argument("--workers", type=int, default=None, help="math-verify processes (default: every core)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per math-verify check")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pools", action="store_true", help="compare the worker pool with pebble's ProcessPool")
     args = parser.parse_args(argv)
+    if args.pools:
+        compare_pools(args.workers or 2, args.timeout, min(args.items, 400))
+        return 0
     if args.items < 1:
         parser.error("--items must be >= 1")
     if not Path(data_root()).is_dir():

@@ -24,9 +24,10 @@ import os
 import re
 from collections import Counter
 
-from mindgap.config import PROJECT_ROOT, CopyFilterConfig
 from mindgap.data.sources import data_config, load_problems
+from mindgap.paths import PROJECT_ROOT
 from mindgap.records import Problem
+from mindgap.rewriting.config import CopyFilterConfig
 from mindgap.rewriting.copy_filter import copy_reason, words
 from mindgap.rewriting.expert import shown_expert_solution
 

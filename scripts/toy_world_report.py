@@ -24,25 +24,22 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from mindgap.config import (
-    CONFIG_DIR,
-    DataConfig,
-    MindgapConfig,
-    SamplingConfig,
-    ToyWorldConfig,
-    register_configs,
-    to_typed,
-)
+from mindgap.config import MindgapConfig, register_configs, to_typed
+from mindgap.data.config import DataConfig
 from mindgap.data.sources import data_config, load_problems
-from mindgap.generation import make_generator
-from mindgap.models import load_tokenizer, resolve_model
+from mindgap.generation.config import SamplingConfig
+from mindgap.generation.factory import make_generator
+from mindgap.models.loading import load_tokenizer
+from mindgap.models.resolve import resolve_model
+from mindgap.paths import CONFIG_DIR
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import Problem
 from mindgap.rewriting.copy_filter import copy_reason
 from mindgap.rewriting.expert import shown_expert_solution
+from mindgap.toy.config import ToyWorldConfig
 from mindgap.toy.pretraining import PRETRAINING_REPORT, toy_model_is_built
 from mindgap.toy.world import split_problems
-from mindgap.verify import Verifier
+from mindgap.verification.verifier import Verifier
 
 # The toy world's answers are short; the rewriting stage's default max_tokens is sized for real models.
 DEFAULTS = [

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mindgap.config import PROJECT_ROOT, TinyModelConfig
+from mindgap.models.config import TinyModelConfig
+from mindgap.paths import PROJECT_ROOT
 
 # Two workers with torch's default two threads each oversubscribe two cores, and its OpenMP pool then
 # slows by an order of magnitude: under pytest-xdist each worker and every process it starts use one.
@@ -42,18 +43,28 @@ def tiny_model_path(_isolated_environment: None) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_path: str):
-    from mindgap.models import load_tokenizer
+    from mindgap.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_model_path)
 
 
-def run_app_subprocess(module: str, *overrides: str, cwd: Path | None = None):
-    """Run ``python -m mindgap.<module> overrides...`` and return the CompletedProcess."""
+# Each app's module, as the console scripts of pyproject.toml name them.
+APP_MODULES = {
+    "rewrite": "mindgap.rewriting.app",
+    "train": "mindgap.training.app",
+    "eval": "mindgap.evaluation.app",
+    "compare": "mindgap.evaluation.compare_app",
+    "pipeline": "mindgap.pipeline.app",
+}
+
+
+def run_app_subprocess(app: str, *overrides: str, cwd: Path | None = None):
+    """Run ``mindgap-<app> overrides...`` (as ``python -m``) and return the CompletedProcess."""
     import subprocess
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", f"mindgap.{module}", *overrides],
+        [sys.executable, "-m", APP_MODULES[app], *overrides],
         capture_output=True,
         text=True,
         cwd=cwd or PROJECT_ROOT,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mindgap.records import Problem
 
 if TYPE_CHECKING:
-    from mindgap.config import VerifierConfig
+    from mindgap.verification.config import VerifierConfig
 
 # Files of a directory hashed in blocks of this many bytes.
 _BLOCK = 1 << 20

@@ -9,9 +9,10 @@ plain scaffolds that belong to no model family: ``ALIGNMENT_SCAFFOLD`` and ``VAL
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 from mindgap.errors import ConfigError
 
@@ -26,6 +27,8 @@ TEMPLATES = {
     "deepseek-math": "User: {input}\n" + BOXED_INSTRUCTION + "\n\nAssistant:",
     "llama-base-boxed": "Question: {input}\n" + BOXED_INSTRUCTION + "\nAnswer: ",
 }
+# The prompt_type values: one of the templates above, or the tokenizer's own chat template.
+PROMPT_TYPES = (*TEMPLATES, "chat")
 
 GUIDED_REQUEST = (
     "{problem}\n\n"

@@ -39,7 +39,7 @@ class GeneratorInfo:
     """Which engine and sampling parameters produced a response (empty backend for expert text)."""
 
     backend: str = ""
-    # Fingerprint of the generating model (mindgap.models.model_fingerprint): the behaviour policy.
+    # Fingerprint of the generating model (mindgap.models.loading.model_fingerprint): the behaviour policy.
     model: str = ""
     temperature: float = 0.0
     top_p: float = 1.0

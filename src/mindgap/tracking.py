@@ -78,6 +78,8 @@ def lightning_logger(
             # Stages can nest (training's data module may run the rewriting stage): runs must coexist.
             reinit="create_new",
         )
+        # Lightning always passes anonymous=None, and W&B warns on every run that the setting has no effect.
+        logger._wandb_init.pop("anonymous", None)
     logger.log_hyperparams(hyperparameters)
     return logger
 

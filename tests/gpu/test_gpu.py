@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mindgap.config import SamplingConfig
+from mindgap.generation.config import SamplingConfig
 from mindgap.generation.distribution import top_p_logprobs
 from mindgap.generation.hf import HFGenerator
-from mindgap.models import load_causal_lm
+from mindgap.models.loading import load_causal_lm
 from mindgap.prompts import standard_prompt
 from mindgap.training.logits import label_logprobs
 from mindgap.training.losses import IGNORE_INDEX, source_ids, weight_rules, weighted_loss

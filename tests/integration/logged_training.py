@@ -12,7 +12,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import CSVLogger
 
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs, to_typed
+from mindgap.config import MindgapConfig, register_configs, to_typed
+from mindgap.paths import CONFIG_DIR
 from mindgap.training.run import run_training
 
 

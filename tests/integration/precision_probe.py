@@ -16,7 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from lightning.pytorch import Callback
 
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs, to_typed
+from mindgap.config import MindgapConfig, register_configs, to_typed
+from mindgap.paths import CONFIG_DIR
 from mindgap.training.run import run_training
 
 BAND = (2.0**-6, 2.0**-5)

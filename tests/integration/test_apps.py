@@ -13,7 +13,7 @@ from datasets import load_from_disk
 from nbclient import NotebookClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mindgap.config import PROJECT_ROOT
+from mindgap.paths import PROJECT_ROOT
 from tests.conftest import run_app_subprocess
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,17 @@ def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subp
 def test_smoke_pipeline_rewrites_trains_and_evaluates(smoke_pipeline) -> None:
     out, result = smoke_pipeline
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"mindgap-pipeline: outputs in {out}" in result.stdout
+    # The last lines say what was found, then where: one variant (run) against the initial model (base).
+    *_, finding, report_line, outputs_line = result.stdout.strip().splitlines()
+    assert finding.startswith("mindgap-pipeline: best on target (avg@1, mean of gsm8k_test): run ")
+    assert "; vs base " in finding
+    assert (report_line, outputs_line) == (
+        f"mindgap-pipeline: report in {out / 'report'}",
+        f"mindgap-pipeline: outputs in {out}",
+    )
+    # At n = 1 the three metrics coincide: the comparison (values, then differences) is printed once, not thrice.
+    assert result.stdout.count("| variant |") == 2
+    assert "anonymous" not in result.stderr
 
     manifest = json.loads((out / "rewrite" / "manifest.json").read_text())
     assert manifest["problems"] == 8

@@ -11,11 +11,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
-from mindgap.config import CONFIG_DIR, EvalAppConfig, SamplingConfig, register_configs, to_typed
+from mindgap.config import EvalAppConfig, register_configs, to_typed
 from mindgap.errors import ConfigError
-from mindgap.eval import evaluate
+from mindgap.evaluation.app import evaluate
 from mindgap.evaluation.run import ModelEvaluation
 from mindgap.generation.base import Completion
+from mindgap.generation.config import SamplingConfig
+from mindgap.paths import CONFIG_DIR
 from tests.conftest import run_app_subprocess
 
 BENCHMARKS = ["math500", "minerva_math", "olympiadbench", "aime24", "amc23", "gsm8k_test"]

@@ -24,7 +24,8 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from mindgap import publish
-from mindgap.config import CONFIG_DIR, EvalAppConfig, MindgapConfig, register_configs, to_typed
+from mindgap.config import EvalAppConfig, MindgapConfig, register_configs, to_typed
+from mindgap.paths import CONFIG_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +112,7 @@ def _kill_and_rerun(job_in: Callable[[Path], Callable[[], object]], points: int,
 
 
 def _rewrite_job_of(run: Path, overrides: list[str]) -> Callable[[], object]:
-    from mindgap.rewrite import rewrite
+    from mindgap.rewriting.app import rewrite
 
     config = _config("rewrite", [*overrides, f"rewrite.work_dir={run / 'work'}", f"output_dir={run / 'out'}"])
     return lambda: rewrite(config, run / "out")
@@ -140,7 +141,7 @@ def test_a_rewrite_killed_at_any_commit_point_reruns_to_the_uninterrupted_datase
 
 
 def test_two_concurrent_rewrite_jobs_compute_every_chunk_once_and_agree(tmp_path: Path) -> None:
-    from mindgap.rewrite import rewrite
+    from mindgap.rewriting.app import rewrite
 
     trace = tmp_path / "trace"
     jobs = []
@@ -159,7 +160,7 @@ def test_two_concurrent_rewrite_jobs_compute_every_chunk_once_and_agree(tmp_path
 
 
 def test_a_full_disk_leaves_no_trusted_partial_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mindgap.rewrite import rewrite
+    from mindgap.rewriting.app import rewrite
 
     reference = tmp_path / "reference"
     assert _in_child(_rewrite_job(reference)) == 0
@@ -190,7 +191,7 @@ def test_a_full_disk_leaves_no_trusted_partial_result(tmp_path: Path, monkeypatc
 
 
 def _eval_job(run: Path, tiny_model_path: str) -> Callable[[], object]:
-    from mindgap.eval import evaluate
+    from mindgap.evaluation.app import evaluate
 
     config = _config("eval", [*EVAL, f"output_dir={run}", f"models=[{tiny_model_path}]"], EvalAppConfig)
     return lambda: evaluate(config, run)

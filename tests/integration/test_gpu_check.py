@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mindgap.config import PROJECT_ROOT
+from mindgap.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

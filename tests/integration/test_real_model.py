@@ -20,10 +20,11 @@ import torch
 from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mindgap.config import GGUFModelConfig, default_cache_dir
 from mindgap.data.collate import tokenize_record
-from mindgap.models import load_tokenizer
+from mindgap.models.config import GGUFModelConfig
 from mindgap.models.gguf import build_gguf_model
+from mindgap.models.loading import load_tokenizer
+from mindgap.paths import default_cache_dir
 from mindgap.prompts import guided_prompt, rewrite_prompt, standard_prompt
 from tests.conftest import DATA_ROOT, run_app_subprocess
 

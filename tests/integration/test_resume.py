@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mindgap.config import PROJECT_ROOT
+from mindgap.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from mindgap.config import PROJECT_ROOT
+from mindgap.paths import PROJECT_ROOT
 from tests.conftest import run_app_subprocess
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def _run_until(path_glob: str, work_dir: Path, output_dir: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "mindgap.rewrite",
+        "mindgap.rewriting.app",
         *STAGE,
         f"rewrite.work_dir={work_dir}",
         f"output_dir={output_dir}",

@@ -13,16 +13,18 @@ import torch
 from datasets import load_from_disk
 from hydra import compose, initialize_config_dir
 
-from mindgap.config import CONFIG_DIR, MindgapConfig, SamplingConfig, register_configs, to_typed
-from mindgap.generation import Completion
-from mindgap.models import load_tokenizer
+from mindgap.config import MindgapConfig, register_configs, to_typed
+from mindgap.generation.base import Completion
+from mindgap.generation.config import SamplingConfig
+from mindgap.models.loading import load_tokenizer
+from mindgap.paths import CONFIG_DIR
 from mindgap.prompts import standard_prompt
-from mindgap.rewrite import rewrite
 from mindgap.rewriting import run as stage_run
+from mindgap.rewriting.app import rewrite
 from mindgap.rewriting.rl_agent import build_grpo_trainer
 from mindgap.rewriting.run import RewriteStage
-from mindgap.train import train
-from mindgap.verify import Verdict
+from mindgap.training.app import train
+from mindgap.verification.verifier import Verdict
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +175,7 @@ def test_sdft_dataset_with_rewritten_records_trains(tmp_path: Path, monkeypatch:
 
 def _teacher_forced(model_dir: str | Path, tokenizer, prompt: str, response_ids: list[int]) -> torch.Tensor:
     """log-softmax of the model's logits at T=1 over the response tokens, after the prompt."""
-    from mindgap.models import load_causal_lm
+    from mindgap.models.loading import load_causal_lm
 
     model = load_causal_lm(str(model_dir)).eval()
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -187,7 +189,7 @@ def test_rl_agent_rewrites_are_rescored_by_the_rewriter_that_generated_them(
 ) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from mindgap.models import load_causal_lm
+    from mindgap.models.loading import load_causal_lm
     from mindgap.rewriting import rl_agent
 
     overrides = [

@@ -9,8 +9,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from lightning.pytorch import Callback
 
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs, to_typed
-from mindgap.rewrite import rewrite
+from mindgap.config import MindgapConfig, register_configs, to_typed
+from mindgap.paths import CONFIG_DIR
+from mindgap.rewriting.app import rewrite
 from mindgap.training.run import run_training
 
 pytestmark = pytest.mark.slow

@@ -10,11 +10,12 @@ import pytest
 from datasets import Dataset, load_from_disk
 from hydra import compose, initialize_config_dir
 
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs, to_typed
+from mindgap.config import MindgapConfig, register_configs, to_typed
 from mindgap.data.datamodule import DATA_REPORT, RewrittenDataModule
 from mindgap.errors import ConfigError, DataError
+from mindgap.paths import CONFIG_DIR
 from mindgap.records import FEATURES
-from mindgap.rewrite import rewrite
+from mindgap.rewriting.app import rewrite
 from mindgap.training.run import run_training
 
 
@@ -105,7 +106,7 @@ def test_fsdp_refuses_cpu_with_a_pointer_to_fsdp2(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_wandb_run_is_grouped_tagged_and_gets_weight_histograms(tmp_path: Path) -> None:
-    from mindgap.train import train
+    from mindgap.training.app import train
 
     config = _config(tmp_path, "loss=dft", "logger=wandb", "train.histogram_every_n_steps=1", "data.limit=4")
     train(config, tmp_path)

@@ -15,10 +15,11 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch import Callback
 from transformers import AutoModelForCausalLM
 
-from mindgap.config import CONFIG_DIR, PROJECT_ROOT, MindgapConfig, register_configs, to_typed
+from mindgap.config import MindgapConfig, register_configs, to_typed
 from mindgap.data.collate import Collator
 from mindgap.data.datamodule import DATA_REPORT, RewrittenDataModule
-from mindgap.rewrite import rewrite
+from mindgap.paths import CONFIG_DIR, PROJECT_ROOT
+from mindgap.rewriting.app import rewrite
 from mindgap.training.logits import label_logprobs
 from mindgap.training.run import run_training
 from tests.integration.precision_probe import PrecisionProbe

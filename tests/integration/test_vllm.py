@@ -25,11 +25,12 @@ import pytest
 import torch
 from datasets import load_from_disk
 
-from mindgap.config import PROJECT_ROOT, SamplingConfig
 from mindgap.generation.base import Completion
+from mindgap.generation.config import SamplingConfig
 from mindgap.generation.distribution import top_p_logprobs
 from mindgap.generation.hf import HFGenerator
-from mindgap.models import load_tokenizer
+from mindgap.models.loading import load_tokenizer
+from mindgap.paths import PROJECT_ROOT
 from mindgap.prompts import standard_prompt
 from mindgap.records import GeneratorInfo, Record
 from mindgap.rewriting.rescore import Rescorer

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs, to_typed
+from mindgap.config import MindgapConfig, register_configs, to_typed
 from mindgap.errors import ConfigError
+from mindgap.paths import CONFIG_DIR
 from mindgap.tracking import AppendingCSVLogger
 from mindgap.training.checkpoints import marker_of, resume_path, run_fingerprint
 

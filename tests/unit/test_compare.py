@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mindgap.config import BootstrapConfig, CompareConfig
 from mindgap.errors import ConfigError, DataError
-from mindgap.evaluation import compare_results, load_variant
+from mindgap.evaluation.compare import compare_results, load_variant, results_markdown
+from mindgap.evaluation.config import BootstrapConfig, CompareConfig
 from mindgap.evaluation.metrics import ProblemOutcome
 from tests.conftest import run_app_subprocess
 
@@ -105,6 +105,31 @@ def test_known_intervals_and_paired_differences(runs: dict[str, Path], tmp_path:
     }
     saved = json.loads((tmp_path / "table" / "comparison.json").read_text())
     assert saved["baseline"] == "SFT" and saved["variants"] == ["SFT", "DFT", "IS"] and len(saved["rows"]) == 27
+
+
+def test_metrics_that_coincide_are_printed_once(runs: dict[str, Path], tmp_path: Path) -> None:
+    """At n = 1, avg@1, pass@1 and maj@1 are one number per problem: one table, headed by all three."""
+    markdown = compare_results(runs, baseline="SFT", output_dir=tmp_path / "table").markdown()
+    assert markdown.count("| variant | a (2) | b (4) | mean | Δ mean vs SFT |") == 1
+    assert "## avg@1 = pass@1 = maj@1 (the same values: printed once)" in markdown
+
+
+def test_the_single_model_table_merges_coinciding_columns() -> None:
+    values = {"avg@1": 0.5, "pass@1": 0.5, "maj@1": 0.25, "ci": {"avg@1": [0, 1], "pass@1": [0, 1], "maj@1": [0, 1]}}
+    counts = {"problems": 4, "empty_responses": 0, "no_answer": 1, "truncated": 0}
+    results = {
+        "label": "SFT",
+        "model": {"spec": "runs/sft", "kind": "directory"},
+        "protocol": PROTOCOL,
+        "bootstrap": {"confidence": 0.95},
+        "metrics": ["avg@1", "pass@1", "maj@1"],
+        "benchmarks": {"a": {**values, **counts}},
+        "mean": {"avg@1": 0.5, "pass@1": 0.5, "maj@1": 0.25},
+        "mean_ci": {"avg@1": [0, 1], "pass@1": [0, 1], "maj@1": [0, 1]},
+    }
+    table = results_markdown(results)
+    assert "| benchmark | problems | avg@1 = pass@1 | maj@1 | empty | no answer | truncated |" in table
+    assert "| a | 4 | 50.00 [0.00, 100.00] | 25.00 [0.00, 100.00] | 0 | 1 | 0 |" in table
 
 
 def test_problems_are_paired_by_id_not_by_position(tmp_path: Path) -> None:

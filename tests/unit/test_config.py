@@ -7,16 +7,11 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mindgap.config import (
-    CONFIG_DIR,
-    EvalAppConfig,
-    MindgapConfig,
-    TinyModelConfig,
-    register_configs,
-    to_typed,
-)
+from mindgap.config import EvalAppConfig, MindgapConfig, register_configs, to_typed
 from mindgap.errors import ConfigError
-from mindgap.pipeline import check_forgetting
+from mindgap.models.config import TinyModelConfig
+from mindgap.paths import CONFIG_DIR
+from mindgap.pipeline.app import check_forgetting
 from tests.conftest import run_app_subprocess
 
 APPS = ("rewrite", "train", "eval", "pipeline")

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mindgap.config import CONFIG_DIR, PAPER_BENCHMARKS, EvalAppConfig, register_configs, to_typed
+from mindgap.config import EvalAppConfig, register_configs, to_typed
 from mindgap.data.sources import data_config, load_problems
 from mindgap.errors import ConfigError
 from mindgap.evaluation.benchmarks import load_benchmarks
+from mindgap.evaluation.config import PAPER_BENCHMARKS
+from mindgap.paths import CONFIG_DIR
 
 
 def eval_config(*overrides: str) -> EvalAppConfig:

@@ -13,9 +13,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mindgap.config import CONFIG_DIR, EvalAppConfig, register_configs, to_typed
+from mindgap.config import EvalAppConfig, register_configs, to_typed
 from mindgap.errors import ConfigError
 from mindgap.evaluation.models import checkpoint_weights, materialise, resolve_models
+from mindgap.paths import CONFIG_DIR
 
 
 def eval_config(*overrides: str) -> EvalAppConfig:

@@ -15,11 +15,12 @@ from safetensors.torch import load_file, save_file
 
 import mindgap.fingerprints
 import mindgap.prompts
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs, to_typed
+from mindgap.config import MindgapConfig, register_configs, to_typed
 from mindgap.evaluation.models import EvalModel
 from mindgap.evaluation.run import ModelEvaluation
 from mindgap.fingerprints import file_digest
-from mindgap.models import ModelSource, model_fingerprint
+from mindgap.models.loading import ModelSource, model_fingerprint
+from mindgap.paths import CONFIG_DIR
 from mindgap.records import Problem
 from mindgap.rewriting import run as rewrite_run
 from mindgap.rewriting.run import stage_fingerprint

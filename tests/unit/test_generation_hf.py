@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from mindgap.config import SamplingConfig
+from mindgap.generation.config import SamplingConfig
 from mindgap.generation.distribution import top_p_logprobs
 from mindgap.generation.hf import HFGenerator
 from mindgap.prompts import standard_prompt

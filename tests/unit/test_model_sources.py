@@ -10,9 +10,10 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import mindgap.models.loading as loading
-from mindgap.config import CONFIG_DIR, PROJECT_ROOT, MindgapConfig, register_configs, to_typed
+from mindgap.config import MindgapConfig, register_configs, to_typed
 from mindgap.errors import ConfigError
-from mindgap.models import ModelSource, load_generation_config, load_model_config, model_fingerprint
+from mindgap.models.loading import ModelSource, load_generation_config, load_model_config, model_fingerprint
+from mindgap.paths import CONFIG_DIR, PROJECT_ROOT
 from mindgap.rewriting.run import RewriteStage
 from mindgap.training.strategy import decoder_layer_names
 

@@ -66,7 +66,7 @@ def test_a_failed_staged_dir_leaves_the_old_directory(tmp_path: Path) -> None:
 
 def test_republishing_removes_the_old_manifest_before_it_replaces_the_dataset(tmp_path: Path) -> None:
     """A kill while the new dataset is copied must not leave the old manifest beside a mixed dataset."""
-    from mindgap.rewrite import _publish
+    from mindgap.rewriting.app import _publish
     from mindgap.rewriting.run import StageResult
 
     output = tmp_path / "out"
@@ -126,8 +126,8 @@ def test_a_file_lock_whose_heartbeat_stopped_is_stale_even_from_another_host(tmp
 
 
 def test_the_lock_kind_is_chosen_in_the_config() -> None:
-    from mindgap.config import RewriteConfig
     from mindgap.errors import ConfigError
+    from mindgap.rewriting.config import RewriteConfig
 
     assert RewriteConfig(work_dir="w", lock="file").lock == "file"
     with pytest.raises(ConfigError, match=r"rewrite\.lock"):

@@ -11,10 +11,12 @@ from datasets import load_from_disk
 from hydra import compose, initialize_config_dir
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from mindgap.config import CONFIG_DIR, MindgapConfig, SamplingConfig, register_configs, to_typed
+from mindgap.config import MindgapConfig, register_configs, to_typed
 from mindgap.data.collate import response_ids
+from mindgap.generation.config import SamplingConfig
 from mindgap.generation.distribution import top_p_logprobs
 from mindgap.generation.hf import HFGenerator
+from mindgap.paths import CONFIG_DIR
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import GeneratorInfo, Record
 from mindgap.rewriting.rescore import Gaps, Rescorer, without_nonfinite

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mindgap.config import RLAgentConfig
 from mindgap.prompts import validity_judge_prompt
+from mindgap.rewriting.config import RLAgentConfig
 from mindgap.rewriting.rewards import (
     GroupRewards,
     RewardScorer,
@@ -20,7 +20,7 @@ from mindgap.rewriting.rewards import (
     total_rewards,
 )
 from mindgap.rewriting.rl_agent import GroupRewardFunctions
-from mindgap.verify import Verdict
+from mindgap.verification.verifier import Verdict
 
 
 def sigmoid(x: float) -> float:

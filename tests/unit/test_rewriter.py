@@ -6,13 +6,15 @@ from collections import defaultdict
 
 import pytest
 
-from mindgap.config import CopyFilterConfig, RewriteConfig, SamplingConfig
-from mindgap.generation import Completion
+from mindgap.generation.base import Completion
+from mindgap.generation.config import SamplingConfig
 from mindgap.records import Problem
+from mindgap.rewriting.config import CopyFilterConfig, RewriteConfig
 from mindgap.rewriting.copy_filter import copy_reason, words
 from mindgap.rewriting.expert import normalize_expert_solution
 from mindgap.rewriting.stages import Rewriter, round_seed
-from mindgap.verify import Verdict, extract_answer, is_correct
+from mindgap.verification.answers import extract_answer
+from mindgap.verification.verifier import Verdict, is_correct
 
 COPIED = "Add the two numbers together, which gives the sum of both of the given numbers in the question: "
 EXPERT = COPIED + "<<{q}={a}>>{a}\n#### {a}"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mindgap.config import RewriteConfig, SamplingConfig
-from mindgap.generation import Completion
+from mindgap.generation.base import Completion
+from mindgap.generation.config import SamplingConfig
 from mindgap.prompts import standard_prompt
 from mindgap.records import Problem
+from mindgap.rewriting.config import RewriteConfig
 from mindgap.rewriting.stages import round_seed
 from mindgap.rewriting.strategies import make_rewriter, uses_generator
-from mindgap.verify import Verdict, extract_answer, is_correct
+from mindgap.verification.answers import extract_answer
+from mindgap.verification.verifier import Verdict, is_correct
 
 EXPERT = "Add them: {q} = <<{q}={a}>>{a}\n#### {a}"
 QUESTIONS = {"kept": ("1+1", "2"), "mentions": ("2+2", "4"), "copied": ("4+4", "8"), "wrong": ("3+3", "6")}

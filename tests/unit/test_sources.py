@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mindgap.config import DataConfig, FieldsConfig
+from mindgap.data.config import DataConfig, FieldsConfig
 from mindgap.data.sources import CHOICE_REQUEST, data_config, gold_answer, load_problems
 from mindgap.errors import ConfigError, DataError
 

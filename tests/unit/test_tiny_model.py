@@ -7,8 +7,8 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from mindgap.config import TinyModelConfig
-from mindgap.models import load_causal_lm, load_tokenizer, stop_token_ids
+from mindgap.models.config import TinyModelConfig
+from mindgap.models.loading import load_causal_lm, load_tokenizer, stop_token_ids
 from mindgap.models.tiny import build_tiny_model
 from mindgap.prompts import standard_prompt
 

@@ -10,12 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mindgap.config import ModelConfig, ToyModelConfig, ToyPretrainingConfig
 from mindgap.generation.hf import HFGenerator
-from mindgap.models import load_tokenizer, resolve_model_path
+from mindgap.models.config import ModelConfig
+from mindgap.models.loading import load_tokenizer
+from mindgap.models.resolve import resolve_model_path
 from mindgap.models.tiny import train_tokenizer
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.toy import pretraining
+from mindgap.toy.config import ToyModelConfig, ToyPretrainingConfig
 from mindgap.toy.pretraining import (
     PRETRAINING_REPORT,
     build_toy_model,
@@ -78,7 +80,7 @@ def test_built_model_loads_and_records_its_pretraining(toy_model_path: Path) -> 
     assert config["hidden_size"] // config["num_attention_heads"] == 64
     generator = HFGenerator(str(toy_model_path), batch_size=2)
     prompt = standard_prompt("Mia has 3 apples. How many apples does Mia have now?", "qwen-boxed")
-    from mindgap.config import SamplingConfig
+    from mindgap.generation.config import SamplingConfig
 
     completions = generator.generate([prompt], SamplingConfig(n=2, temperature=1.0, max_tokens=8), seed=0)
     assert len(completions[0]) == 2 and all(len(c.token_ids) <= 8 for c in completions[0])

@@ -7,15 +7,18 @@ import re
 
 import pytest
 
-from mindgap.config import CopyFilterConfig, DataConfig, ToyDataConfig, ToyDistributionConfig, ToyWorldConfig
+from mindgap.data.config import DataConfig
 from mindgap.data.sources import data_config, load_problems
 from mindgap.errors import ConfigError
+from mindgap.rewriting.config import CopyFilterConfig
 from mindgap.rewriting.copy_filter import copy_reason
 from mindgap.rewriting.expert import normalize_expert_solution
+from mindgap.toy.config import ToyDataConfig, ToyDistributionConfig, ToyWorldConfig
 from mindgap.toy.problems import GAIN, GAIN_GROUPS, LOSE, LOSE_GROUPS, ORDINALS, Event, Person, ToyProblem
 from mindgap.toy.styles import expert_solution, native_solution
 from mindgap.toy.world import split_file, split_problems, split_rows
-from mindgap.verify import extract_answer, is_correct
+from mindgap.verification.answers import extract_answer
+from mindgap.verification.verifier import is_correct
 
 WORLD = ToyWorldConfig()
 SPLITS = ("target_train", "target_test", "forgetting", "pretraining")

@@ -11,17 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-import mindgap.verify as verify_module
-from mindgap.verify import (
-    Verdict,
-    Verifier,
-    as_number,
-    extract_answer,
-    gold_problem,
-    is_correct,
-    last_boxed,
-    normalize_answer,
-)
+import mindgap.verification.verifier as verify_module
+from mindgap.verification.answers import as_number, extract_answer, last_boxed, normalize_answer
+from mindgap.verification.verifier import Verdict, Verifier, gold_problem, is_correct
 
 TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"
 
@@ -300,11 +292,11 @@ ADVERSARIAL = [
 # Extraction and every fast-path step a verdict or a majority vote applies to the extracted answer.
 _FAST_PATH = """
 import sys
-from mindgap.verify import _fast_verdict, as_number, comparand, extract_answer, normalize_answer
+from mindgap.verification.answers import fast_verdict, as_number, comparand, extract_answer, normalize_answer
 response = sys.stdin.read()
 answer = extract_answer(response)
 if answer is not None:
-    _fast_verdict(comparand(answer, "5"), "5")
+    fast_verdict(comparand(answer, "5"), "5")
     normalize_answer(answer)
     as_number(answer)
 sys.stdout.write(repr(answer))

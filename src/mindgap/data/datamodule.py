@@ -18,7 +18,8 @@ from mindgap.data.batching import StepBatchSampler, ValidationBatchSampler
 from mindgap.data.collate import Collator, TokenizedExample, tokenize_record
 from mindgap.data.sources import load_problems
 from mindgap.errors import ConfigError, DataError
-from mindgap.models import load_tokenizer, resolve_model
+from mindgap.models.loading import load_tokenizer
+from mindgap.models.resolve import resolve_model
 from mindgap.records import validate_record
 from mindgap.rewriting.expert import normalize_expert_solution
 from mindgap.rewriting.run import DATASET_DIR
@@ -66,7 +67,7 @@ class RewrittenDataModule(LightningDataModule):
             return
         if self.config.rewrite.shard_index is not None:
             raise ConfigError("rewrite.shard_index is for mindgap-rewrite jobs; training needs every shard merged")
-        from mindgap.rewrite import rewrite
+        from mindgap.rewriting.app import rewrite
 
         rewrite(self.config, self.rewrite_dir)
 

@@ -17,10 +17,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mindgap.config import CONFIG_DIR, DataConfig, default_cache_dir, to_typed
+from mindgap.config import to_typed
+from mindgap.data.config import DataConfig
 from mindgap.errors import ConfigError, DataError
+from mindgap.paths import CONFIG_DIR, default_cache_dir
 from mindgap.records import Problem
-from mindgap.verify import last_boxed
+from mindgap.verification.answers import last_boxed
 
 
 @dataclass

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from mindgap.config import DataConfig, MindgapConfig
+from mindgap.config import MindgapConfig
+from mindgap.data.config import DataConfig
 from mindgap.data.sources import data_config, load_problems
 from mindgap.errors import ConfigError, DataError
 from mindgap.records import Problem

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from mindgap import publish
-from mindgap.config import BootstrapConfig, require_label
+from mindgap.checks import require_label
 from mindgap.errors import ConfigError, DataError
+from mindgap.evaluation.config import BootstrapConfig
 from mindgap.evaluation.metrics import Estimate, ProblemOutcome, estimate, paired_difference, problem_scores
 
 RESULTS = "results.json"
@@ -149,6 +150,18 @@ class Comparison:
             "rows": self.rows(),
         }
 
+    def coinciding_metrics(self) -> dict[str, list[str]]:
+        """Each metric to print, with the later metrics whose every value equals its own (at n = 1, avg@1, pass@1
+        and maj@1 are one number per problem)."""
+        groups: dict[str, list[str]] = {}
+        for metric in self.metrics:
+            first = next((shown for shown in groups if self.values[shown] == self.values[metric]), None)
+            if first is None:
+                groups[metric] = []
+            else:
+                groups[first].append(metric)
+        return groups
+
     def markdown(self) -> str:
         confidence = round(self.bootstrap.confidence * 100)
         columns = [*self.benchmarks, "mean"]
@@ -161,10 +174,10 @@ class Comparison:
             f" **{self.baseline}** on the same problems, with a paired bootstrap interval.",
         ]
         lines += [f"- note: {note}" for note in self.notes]
-        for metric in self.metrics:
+        for metric, same in self.coinciding_metrics().items():
             lines += [
                 "",
-                f"## {metric}",
+                f"## {' = '.join([metric, *same])}" + (" (the same values: printed once)" if same else ""),
                 "",
                 "| variant | " + " | ".join(header_cells) + f" | Δ mean vs {self.baseline} |",
                 "|---|" + "---:|" * (len(columns) + 1),
@@ -295,3 +308,43 @@ def compare_results(
     if output_dir is not None:
         write_comparison(comparison, output_dir)
     return comparison
+
+
+def _same(values: dict[str, Any], metric: str, other: str) -> bool:
+    return values[metric] == values[other] and values["ci"][metric] == values["ci"][other]
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """One model's table: every metric per benchmark and their mean, in percent, with intervals and counts."""
+    # Metrics equal on every benchmark (avg@1, pass@1 and maj@1 at n = 1) share one column.
+    columns: dict[str, list[str]] = {}
+    benchmarks = results["benchmarks"].values()
+    for metric in results["metrics"]:
+        shown = next((m for m in columns if all(_same(values, m, metric) for values in benchmarks)), metric)
+        columns.setdefault(shown, []).append(metric)
+    metrics = list(columns)
+    protocol = results["protocol"]
+    sampling = protocol["sampling"]
+    confidence = round(results["bootstrap"]["confidence"] * 100)
+    lines = [
+        f"# Evaluation: {results['label']}",
+        "",
+        f"Model: `{results['model']['spec']}` ({results['model']['kind']}). Protocol: n={sampling['n']}, "
+        f"T={sampling['temperature']}, top-p={sampling['top_p']}, max_tokens={sampling['max_tokens']}, "
+        f"prompt {protocol['prompt_type']}, seed {protocol['seed']}, generator {protocol['generator']}. "
+        f"Percent; [{confidence}% bootstrap interval over problems].",
+        "",
+        "| benchmark | problems | "
+        + " | ".join(" = ".join(columns[m]) for m in metrics)
+        + " | empty | no answer | truncated |",
+        "|---|---:|" + "---:|" * len(metrics) + "---:|---:|---:|",
+    ]
+    for name, values in results["benchmarks"].items():
+        cells = [format_percent(values[m], values["ci"][m]) for m in metrics]
+        counts = [str(values[key]) for key in ("empty_responses", "no_answer", "truncated")]
+        lines.append(f"| {name} | {values['problems']} | " + " | ".join(cells + counts) + " |")
+    totals = [str(sum(values[key] for values in benchmarks)) for key in ("empty_responses", "no_answer", "truncated")]
+    mean_cells = [format_percent(results["mean"][m], results["mean_ci"][m]) for m in metrics]
+    problems = sum(values["problems"] for values in benchmarks)
+    lines.append(f"| **mean** | {problems} | " + " | ".join(mean_cells + totals) + " |")
+    return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mindgap.verify import as_number, normalize_answer
+from mindgap.verification.answers import as_number, normalize_answer
 
 _METRIC = re.compile(r"(avg|pass|maj)@(\d+)")
 

@@ -25,18 +25,19 @@ from lightning.fabric.utilities.data import AttributeDict
 from omegaconf import OmegaConf
 
 from mindgap import publish
-from mindgap.config import MindgapConfig, ModelConfig, require_label, to_typed
+from mindgap.checks import require_label
+from mindgap.config import MindgapConfig, to_typed
 from mindgap.errors import ConfigError
 from mindgap.fingerprints import config_fingerprint, file_digest
-from mindgap.models import (
+from mindgap.models.config import ModelConfig
+from mindgap.models.loading import (
     ModelSource,
     load_generation_config,
     load_model_config,
     load_tokenizer,
     model_fingerprint,
-    resolve_model,
-    resolve_model_path,
 )
+from mindgap.models.resolve import resolve_model, resolve_model_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 # Where a run directory keeps its exported model: mindgap-train, then mindgap-pipeline.

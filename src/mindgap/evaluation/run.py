@@ -35,15 +35,16 @@ from mindgap import publish
 from mindgap.config import MindgapConfig
 from mindgap.errors import ConfigError, MindgapError
 from mindgap.evaluation.benchmarks import Benchmark, load_benchmarks
-from mindgap.evaluation.compare import Comparison, compare_results, format_percent, read_outcomes, write_outcomes
+from mindgap.evaluation.compare import Comparison, compare_results, read_outcomes, results_markdown, write_outcomes
 from mindgap.evaluation.metrics import ProblemOutcome, estimate, majority_vote, metric_names, problem_scores
 from mindgap.evaluation.models import EvalModel, materialise, resolve_models, weights_fingerprint
 from mindgap.fingerprints import config_fingerprint, problems_fingerprint, verifier_fingerprint
-from mindgap.generation import Generator, make_generator
-from mindgap.models import load_tokenizer
+from mindgap.generation.base import Generator
+from mindgap.generation.factory import make_generator
+from mindgap.models.loading import load_tokenizer
 from mindgap.prompts import standard_prompt
 from mindgap.tracking import Tracker
-from mindgap.verify import Verifier
+from mindgap.verification.verifier import Verifier
 
 RESULTS = "results.json"
 RESULTS_TABLE = "results.md"
@@ -467,32 +468,3 @@ def problem_outcomes(rows: list[dict[str, Any]]) -> list[ProblemOutcome]:
             )
         )
     return outcomes
-
-
-def results_markdown(results: dict[str, Any]) -> str:
-    """One model's table: every metric per benchmark and their mean, in percent, with intervals and counts."""
-    metrics = results["metrics"]
-    protocol = results["protocol"]
-    sampling = protocol["sampling"]
-    confidence = round(results["bootstrap"]["confidence"] * 100)
-    lines = [
-        f"# Evaluation: {results['label']}",
-        "",
-        f"Model: `{results['model']['spec']}` ({results['model']['kind']}). Protocol: n={sampling['n']}, "
-        f"T={sampling['temperature']}, top-p={sampling['top_p']}, max_tokens={sampling['max_tokens']}, "
-        f"prompt {protocol['prompt_type']}, seed {protocol['seed']}, generator {protocol['generator']}. "
-        f"Percent; [{confidence}% bootstrap interval over problems].",
-        "",
-        "| benchmark | problems | " + " | ".join(metrics) + " | empty | no answer | truncated |",
-        "|---|---:|" + "---:|" * len(metrics) + "---:|---:|---:|",
-    ]
-    for name, values in results["benchmarks"].items():
-        cells = [format_percent(values[m], values["ci"][m]) for m in metrics]
-        counts = [str(values[key]) for key in ("empty_responses", "no_answer", "truncated")]
-        lines.append(f"| {name} | {values['problems']} | " + " | ".join(cells + counts) + " |")
-    benchmarks = results["benchmarks"].values()
-    totals = [str(sum(values[key] for values in benchmarks)) for key in ("empty_responses", "no_answer", "truncated")]
-    mean_cells = [format_percent(results["mean"][m], results["mean_ci"][m]) for m in metrics]
-    problems = sum(values["problems"] for values in benchmarks)
-    lines.append(f"| **mean** | {problems} | " + " | ".join(mean_cells + totals) + " |")
-    return "\n".join(lines) + "\n"

@@ -1,5 +1,2 @@
-"""Generators: engines that sample responses with their per-token log-probs."""
-
-from mindgap.generation.base import Completion, Generator, make_generator
-
-__all__ = ["Completion", "Generator", "make_generator"]
+"""Generators: engines that sample responses with their per-token log-probs (``base``: the protocol;
+``factory``: the backend a config names; ``hf`` and ``vllm``: the backends)."""

@@ -1,12 +1,11 @@
-"""The ``Generator`` protocol every stage talks to, and the factory that picks a backend."""
+"""The ``Generator`` protocol every stage talks to, and the ``Completion`` it returns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
-from mindgap.config import GeneratorConfig, SamplingConfig
-from mindgap.models import ModelSource
+from mindgap.generation.config import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class Generator(Protocol):
     """Samples ``sampling.n`` completions for each prompt; same seed, same completions."""
 
     backend: str
-    # Identifies the weights (see mindgap.models.model_fingerprint).
+    # Identifies the weights (see mindgap.models.loading.model_fingerprint).
     fingerprint: str
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[list[Completion]]: ...
@@ -40,14 +39,3 @@ class Generator(Protocol):
     def close(self) -> None:
         """Free the engine and its (device) memory; the generator is unusable afterwards. Idempotent."""
         ...
-
-
-def make_generator(config: GeneratorConfig, model: ModelSource | str, dtype: str) -> Generator:
-    """The backend ``config.backend`` names; vLLM is imported only when it is asked for."""
-    if config.backend == "vllm":
-        from mindgap.generation.vllm import VLLMGenerator
-
-        return VLLMGenerator(model, dtype=dtype, config=config)
-    from mindgap.generation.hf import HFGenerator
-
-    return HFGenerator(model, dtype=dtype, batch_size=config.batch_size)

@@ -22,10 +22,10 @@ import gc
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from mindgap.config import SamplingConfig
 from mindgap.generation.base import Completion
+from mindgap.generation.config import SamplingConfig
 from mindgap.generation.distribution import top_p_logprobs
-from mindgap.models import ModelSource, load_causal_lm, load_tokenizer, model_fingerprint, stop_token_ids
+from mindgap.models.loading import ModelSource, load_causal_lm, load_tokenizer, model_fingerprint, stop_token_ids
 
 
 class NucleusLogprobs(LogitsProcessor):

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mindgap.config import GGUFModelConfig
 from mindgap.errors import ConfigError
+from mindgap.models.config import GGUFModelConfig
 from mindgap.models.tiny import build_once
 
 # Bump when the conversion changes, so that old cache entries are not reused.

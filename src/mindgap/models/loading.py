@@ -26,9 +26,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from mindgap.config import ModelConfig, default_cache_dir
 from mindgap.errors import ConfigError
 from mindgap.fingerprints import file_digest
+from mindgap.paths import default_cache_dir
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -56,31 +56,6 @@ def as_source(model: ModelSource | str) -> ModelSource:
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-def resolve_model_path(model: ModelConfig, cache_dir: str, data_root: str) -> str:
-    """A local directory or hub id for ``model``; builds the tiny or toy model, or converts a GGUF, on first use."""
-    if model.name_or_path is not None:
-        local = Path(model.name_or_path).expanduser()
-        return str(local) if local.exists() else model.name_or_path
-    if model.gguf is not None:
-        from mindgap.models.gguf import build_gguf_model
-
-        return str(build_gguf_model(model.gguf, cache_dir))
-    if model.toy is not None:
-        from mindgap.toy.pretraining import build_toy_model
-
-        return str(build_toy_model(model.toy, cache_dir))
-    from mindgap.models.tiny import build_tiny_model
-
-    assert model.tiny is not None
-    return str(build_tiny_model(model.tiny, cache_dir, data_root))
-
-
-def resolve_model(model: ModelConfig, cache_dir: str, data_root: str) -> ModelSource:
-    """``resolve_model_path`` with the config's revision and ``trust_remote_code``."""
-    path = resolve_model_path(model, cache_dir, data_root)
-    return ModelSource(path, model.revision, model.trust_remote_code)
 
 
 def _check_local(path: str, needs: str) -> None:

@@ -29,10 +29,11 @@ from transformers import (
 )
 
 from mindgap import publish
-from mindgap.config import TinyModelConfig, ToyModelConfig
 from mindgap.data.sources import data_config, load_problems
+from mindgap.models.config import TinyModelConfig
 from mindgap.models.loading import load_tokenizer
 from mindgap.prompts import GUIDED_REQUEST, TEMPLATES
+from mindgap.toy.config import ToyModelConfig
 
 # Bump when the build procedure changes, so that old cache entries are not reused.
 BUILDER_VERSION = 1

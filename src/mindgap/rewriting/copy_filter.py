@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-from mindgap.config import CopyFilterConfig
+from mindgap.rewriting.config import CopyFilterConfig
 
 META_PHRASE = "meta_phrase"
 SHARED_NGRAM = "shared_ngram"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from mindgap.records import Problem
-from mindgap.verify import last_boxed
+from mindgap.verification.answers import last_boxed
 
 _CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
 _GSM8K_FINAL = re.compile(r"\n?\s*####\s*(.+?)\s*$")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from mindgap.config import SamplingConfig
-from mindgap.generation import Generator
+from mindgap.generation.base import Generator
+from mindgap.generation.config import SamplingConfig
 from mindgap.prompts import rewrite_prompt
 from mindgap.records import Attempts, GeneratorInfo, Problem, Record
 from mindgap.rewriting.copy_filter import mentions_reference

@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mindgap.data.collate import response_ids
 from mindgap.generation.distribution import top_p_logprobs
-from mindgap.models import ModelSource, load_causal_lm
+from mindgap.models.loading import ModelSource, load_causal_lm
 from mindgap.records import Record
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from mindgap.errors import ConfigError
-from mindgap.models import ModelSource, load_causal_lm
+from mindgap.models.loading import ModelSource, load_causal_lm
 from mindgap.prompts import VALIDITY_NO, VALIDITY_YES, alignment_scaffold, validity_judge_prompt
 from mindgap.rewriting.stages import BatchVerifier
 

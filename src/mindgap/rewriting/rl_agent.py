@@ -45,11 +45,12 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from mindgap import publish
-from mindgap.config import MindgapConfig, RLAgentConfig
+from mindgap.config import MindgapConfig
 from mindgap.errors import ConfigError, MindgapError
 from mindgap.locks import Lock
-from mindgap.models import ModelSource, load_causal_lm, load_tokenizer
+from mindgap.models.loading import ModelSource, load_causal_lm, load_tokenizer
 from mindgap.records import Problem
+from mindgap.rewriting.config import RLAgentConfig
 from mindgap.rewriting.reference_rewrite import reference_rewrite_prompt
 from mindgap.rewriting.rewards import GroupRewards, RewardScorer
 from mindgap.rewriting.stages import BatchVerifier

@@ -36,16 +36,18 @@ from mindgap.config import MindgapConfig
 from mindgap.data.sources import SkippedRecord, load_problems
 from mindgap.errors import DataError, MindgapError
 from mindgap.fingerprints import config_fingerprint, problems_fingerprint, verifier_fingerprint
-from mindgap.generation import Generator, make_generator
+from mindgap.generation.base import Generator
+from mindgap.generation.factory import make_generator
 from mindgap.locks import Lock, holder
-from mindgap.models import ModelSource, load_tokenizer, model_fingerprint, resolve_model
+from mindgap.models.loading import ModelSource, load_tokenizer, model_fingerprint
+from mindgap.models.resolve import resolve_model
 from mindgap.prompts import prompts_fingerprint
 from mindgap.records import FEATURES, SOURCES, Problem, Record
 from mindgap.rewriting import rl_agent
 from mindgap.rewriting.rescore import Gaps, Rescorer, without_nonfinite
 from mindgap.rewriting.stages import BatchVerifier, StageStats, expert_record
 from mindgap.rewriting.strategies import REFERENCE_REWRITE_STRATEGIES, make_rewriter, uses_generator
-from mindgap.verify import Verifier
+from mindgap.verification.verifier import Verifier
 
 DATASET_DIR = "dataset"
 MANIFEST = "manifest.json"

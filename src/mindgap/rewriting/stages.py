@@ -10,13 +10,14 @@ from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-from mindgap.config import RewriteConfig, SamplingConfig
-from mindgap.generation import Completion, Generator
+from mindgap.generation.base import Completion, Generator
+from mindgap.generation.config import SamplingConfig
 from mindgap.prompts import guided_prompt, standard_prompt
 from mindgap.records import Attempts, GeneratorInfo, Problem, Record
+from mindgap.rewriting.config import RewriteConfig
 from mindgap.rewriting.copy_filter import copy_reason
 from mindgap.rewriting.expert import shown_expert_solution
-from mindgap.verify import Verdict
+from mindgap.verification.verifier import Verdict
 
 STAGES_OF = {
     # raw expert data

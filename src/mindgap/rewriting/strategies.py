@@ -13,9 +13,9 @@ from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-from mindgap.config import RewriteConfig
-from mindgap.generation import Generator
+from mindgap.generation.base import Generator
 from mindgap.records import Problem
+from mindgap.rewriting.config import RewriteConfig
 from mindgap.rewriting.reference_rewrite import ReferenceRewriter
 from mindgap.rewriting.stages import STAGES_OF, BatchVerifier, RewriteOutcome, Rewriter
 

@@ -24,10 +24,10 @@ from torch.nn import functional
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from mindgap.config import ToyModelConfig
 from mindgap.errors import ConfigError
 from mindgap.models.tiny import BUILDER_VERSION, CHAT_TEMPLATE, build_once, is_built, new_qwen2_model, train_tokenizer
 from mindgap.prompts import BOXED_INSTRUCTION, GUIDED_REQUEST, TEMPLATES, guided_prompt, standard_prompt
+from mindgap.toy.config import ToyModelConfig
 from mindgap.toy.problems import LEXICON
 from mindgap.toy.styles import expert_solution, native_solution
 from mindgap.toy.world import WORLD_VERSION, split_problems

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from mindgap.config import ToyDistributionConfig
+from mindgap.toy.config import ToyDistributionConfig
 
 GAIN, LOSE, GAIN_GROUPS, LOSE_GROUPS = "gain", "lose", "gain_groups", "lose_groups"
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mindgap import publish
-from mindgap.config import ToyDataConfig, ToyDistributionConfig, ToyWorldConfig
+from mindgap.toy.config import ToyDataConfig, ToyDistributionConfig, ToyWorldConfig
 from mindgap.toy.problems import ToyProblem, draw_problem
 from mindgap.toy.styles import expert_solution, native_solution
 

@@ -12,12 +12,12 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from mindgap.config import TrainConfig
 from mindgap.data.datamodule import REFERENCE
 from mindgap.errors import DataError
-from mindgap.models import ModelSource, load_causal_lm, load_model_config
+from mindgap.models.loading import ModelSource, load_causal_lm, load_model_config
 from mindgap.records import SOURCES
 from mindgap.tracking import log_weight_histograms
+from mindgap.training.config import TrainConfig
 from mindgap.training.logits import label_logprobs
 from mindgap.training.losses import WeightRule, source_ids, weight_rules, weighted_loss
 from mindgap.training.stats import HISTOGRAM_EDGES, WeightSums, finish, weight_histogram, weight_sums

@@ -10,7 +10,8 @@ from lightning.pytorch.loggers import Logger
 
 from mindgap.config import MindgapConfig
 from mindgap.data.datamodule import RewrittenDataModule
-from mindgap.models import load_tokenizer, resolve_model
+from mindgap.models.loading import load_tokenizer
+from mindgap.models.resolve import resolve_model
 from mindgap.training.checkpoints import MarkedCheckpoint, resume_path, run_fingerprint
 from mindgap.training.module import FineTuningModule
 from mindgap.training.strategy import build_strategy, lightning_precision

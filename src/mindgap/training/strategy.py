@@ -16,9 +16,9 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, St
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from mindgap.config import StrategyConfig, TrainConfig
 from mindgap.errors import ConfigError
-from mindgap.models import ModelSource, load_model_config
+from mindgap.models.loading import ModelSource, load_model_config
+from mindgap.training.config import StrategyConfig, TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SHARDED = ("fsdp2", "fsdp")

@@ -9,7 +9,9 @@ import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli
-from mindgap.config import CONFIG_DIR, CompareConfig, register_configs
+from mindgap.config import register_configs
+from mindgap.evaluation.config import CompareConfig
+from mindgap.paths import CONFIG_DIR
 
 if TYPE_CHECKING:
     from mindgap.evaluation.compare import Comparison

@@ -11,8 +11,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mindgap.report import COMPOSITION_CSV, LOGPROBS_CSV, RESULTS_CSV, TRAINING_CSV, VARIANTS_JSON
-
+# The files of a report directory (mindgap.pipeline.report writes them).
+RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
+VARIANTS_JSON = "variants.json"
+TRAINING_CSV = "training_metrics.csv"
+LOGPROBS_CSV = "token_logprobs.csv"
+COMPOSITION_CSV = "composition.csv"
 FIGURES_DIR = "figures"
 # The training curves drawn per variant: the importance weights' spread and effective sample size.
 WEIGHT_CURVES = ("is/all/weight_var", "is/all/ess")

@@ -12,7 +12,8 @@ import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
-from mindgap.config import CONFIG_DIR, EvalAppConfig, MindgapConfig, register_configs
+from mindgap.config import EvalAppConfig, MindgapConfig, register_configs
+from mindgap.paths import CONFIG_DIR
 
 if TYPE_CHECKING:
     from mindgap.tracking import Tracker

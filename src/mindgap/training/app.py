@@ -11,7 +11,8 @@ import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import run_app, run_cli, stage_tracker
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
+from mindgap.config import MindgapConfig, register_configs
+from mindgap.paths import CONFIG_DIR
 
 register_configs()
 

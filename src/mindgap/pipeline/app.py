@@ -13,11 +13,13 @@ import hydra
 from omegaconf import DictConfig
 
 from mindgap.app import is_rank_zero, run_app, run_cli
-from mindgap.config import CONFIG_DIR, MindgapConfig, VariantConfig, register_configs
+from mindgap.config import MindgapConfig, register_configs
 from mindgap.errors import ConfigError
-from mindgap.eval import evaluate
-from mindgap.rewrite import rewrite
-from mindgap.train import train
+from mindgap.evaluation.app import evaluate
+from mindgap.paths import CONFIG_DIR
+from mindgap.pipeline.config import VariantConfig
+from mindgap.rewriting.app import rewrite
+from mindgap.training.app import train
 
 register_configs()
 
@@ -60,8 +62,8 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
 
     Returns the first variant's mean score, the sweep metric.
     """
-    from mindgap.models import resolve_model_path
-    from mindgap.report import BASE_LABEL, TrainedVariant, write_report
+    from mindgap.models.resolve import resolve_model_path
+    from mindgap.pipeline.report import BASE_LABEL, TrainedVariant, write_report
 
     variants = variants_of(config)
     _check_launch(config, variants)
@@ -101,8 +103,10 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
         ),
     )
     score = evaluate(eval_config, output_dir / EVAL_DIR)
-    report_dir = write_report(eval_config, trained, output_dir / EVAL_DIR, output_dir / REPORT_DIR)
-    print(f"mindgap-pipeline: mean eval score of {labels[0]} {score:.4f}; report in {report_dir}", flush=True)
+    report_dir = output_dir / REPORT_DIR
+    for line in write_report(eval_config, trained, output_dir / EVAL_DIR, report_dir):
+        print(f"mindgap-pipeline: {line}", flush=True)
+    print(f"mindgap-pipeline: report in {report_dir}", flush=True)
     return score
 
 

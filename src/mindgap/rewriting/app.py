@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 
 from mindgap import publish
 from mindgap.app import run_app, run_cli, stage_tracker
-from mindgap.config import CONFIG_DIR, MindgapConfig, register_configs
+from mindgap.config import MindgapConfig, register_configs
+from mindgap.paths import CONFIG_DIR
 
 if TYPE_CHECKING:
     from mindgap.rewriting.run import StageResult

@@ -1,7 +1,7 @@
 """The pipeline's report directory: the data behind the comparison's table and figures.
 
 Everything the figures need is written as plain files (CSV, JSON, markdown), so that
-``mindgap.analysis`` and the notebook can redraw them without the runs themselves.
+``mindgap.pipeline.analysis`` and the notebook can redraw them without the runs themselves.
 """
 
 from __future__ import annotations
@@ -16,16 +16,22 @@ from typing import Any
 import numpy as np
 from datasets import load_from_disk
 
-from mindgap.config import MindgapConfig, VariantConfig
+from mindgap.config import MindgapConfig
 from mindgap.evaluation.compare import Comparison, Variant, compare, format_delta, format_percent, load_variant
+from mindgap.pipeline.analysis import (
+    COMPOSITION_CSV,
+    LOGPROBS_CSV,
+    RESULTS_CSV,
+    RESULTS_MD,
+    TRAINING_CSV,
+    VARIANTS_JSON,
+    write_figures,
+)
+from mindgap.pipeline.config import VariantConfig
 from mindgap.rewriting.run import MANIFEST
+from mindgap.training.app import STEP_METRICS
 
 BASE_LABEL = "base"
-RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
-VARIANTS_JSON = "variants.json"
-TRAINING_CSV = "training_metrics.csv"
-LOGPROBS_CSV = "token_logprobs.csv"
-COMPOSITION_CSV = "composition.csv"
 # Per-token log-probs under the initial model are binned on [-20, 0]; lower values join the first bin.
 LOGPROB_EDGES = np.linspace(-20.0, 0.0, 41)
 # The training metrics the report keeps (all of them for the importance weights).
@@ -40,14 +46,18 @@ class TrainedVariant:
     model_dir: Path
 
 
-def write_report(config: MindgapConfig, trained: list[TrainedVariant], eval_dir: Path, report_dir: Path) -> Path:
-    """Write results (target and forgetting, with intervals), training curves, log-probs, composition, figures."""
-    from mindgap.analysis import write_figures
+def write_report(config: MindgapConfig, trained: list[TrainedVariant], eval_dir: Path, report_dir: Path) -> list[str]:
+    """Write results (target and forgetting, with intervals), training curves, log-probs, composition, figures.
 
+    Returns the findings, one line per benchmark group: the best trained variant against the baseline and
+    the initial model (they open results.md too).
+    """
     report_dir.mkdir(parents=True, exist_ok=True)
     evaluated = [load_variant(eval_dir / label, label) for label in config.eval.labels]
-    sections = _grouped_comparisons(config, evaluated)
-    _write_results(sections, report_dir)
+    sections = _grouped_comparisons(config, evaluated, config.eval.baseline)
+    against_base = _grouped_comparisons(config, evaluated, BASE_LABEL) if BASE_LABEL in config.eval.labels else {}
+    found = findings(sections, against_base, [item.variant.name for item in trained])
+    _write_results(sections, found, report_dir)
     (report_dir / VARIANTS_JSON).write_text(json.dumps(_variants_summary(config, trained), indent=2) + "\n")
     _write_rows(report_dir / TRAINING_CSV, ["variant", "step", "metric", "value"], _training_rows(trained))
     datasets = {item.variant.rewrite: item.dataset for item in trained}
@@ -66,10 +76,30 @@ def write_report(config: MindgapConfig, trained: list[TrainedVariant], eval_dir:
         ],
     )
     write_figures(report_dir)
-    return report_dir
+    return found
 
 
-def _grouped_comparisons(config: MindgapConfig, evaluated: list[Variant]) -> dict[str, Comparison]:
+def findings(sections: dict[str, Comparison], against_base: dict[str, Comparison], trained: list[str]) -> list[str]:
+    """Per benchmark group, the trained variant with the best mean of the headline metric, with its interval
+    and its paired differences to the baseline and (when evaluated) to the initial model."""
+    lines = []
+    for group, comparison in sections.items():
+        metric = comparison.metrics[0]
+        means = {variant: comparison.values[metric][variant]["mean"] for variant in trained}
+        best = max(trained, key=lambda variant: means[variant].value)
+        line = (
+            f"best on {group} ({metric}, mean of {', '.join(comparison.benchmarks)}): {best} "
+            f"{format_percent(means[best].value, (means[best].low, means[best].high))}"
+        )
+        if best != comparison.baseline:
+            line += f"; vs {comparison.baseline} {format_delta(comparison.deltas[metric][best]['mean'])}"
+        if group in against_base:
+            line += f"; vs {BASE_LABEL} {format_delta(against_base[group].deltas[metric][best]['mean'])}"
+        lines.append(line)
+    return lines
+
+
+def _grouped_comparisons(config: MindgapConfig, evaluated: list[Variant], baseline: str) -> dict[str, Comparison]:
     """One comparison over the target benchmarks and one over the forgetting benchmarks."""
     benchmarks = list(evaluated[0].outcomes)
     forgetting = [name for name in benchmarks if name in config.pipeline.forgetting_benchmarks]
@@ -77,7 +107,7 @@ def _grouped_comparisons(config: MindgapConfig, evaluated: list[Variant]) -> dic
     return {
         group: compare(
             [dataclasses.replace(item, outcomes={name: item.outcomes[name] for name in names}) for item in evaluated],
-            config.eval.baseline,
+            baseline,
             config.eval.bootstrap,
         )
         for group, names in groups.items()
@@ -85,12 +115,14 @@ def _grouped_comparisons(config: MindgapConfig, evaluated: list[Variant]) -> dic
     }
 
 
-def _write_results(sections: dict[str, Comparison], report_dir: Path) -> None:
+def _write_results(sections: dict[str, Comparison], found: list[str], report_dir: Path) -> None:
     first = next(iter(sections.values()))
     metric = first.metrics[0]
     columns = [f"{group} {metric} ({', '.join(comparison.benchmarks)})" for group, comparison in sections.items()]
     lines = [
         f"# Results: {metric}, percent [{round(first.bootstrap.confidence * 100)}% bootstrap interval over problems]",
+        "",
+        *(f"- {line}" for line in found),
         "",
         f"Δ: difference to **{first.baseline}** on the same problems (paired bootstrap).",
         "",
@@ -135,8 +167,6 @@ def _variants_summary(config: MindgapConfig, trained: list[TrainedVariant]) -> d
 
 
 def _training_rows(trained: list[TrainedVariant]) -> list[list[Any]]:
-    from mindgap.train import STEP_METRICS
-
     rows = []
     for item in trained:
         with (item.train_dir / STEP_METRICS).open() as handle:

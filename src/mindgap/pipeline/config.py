@@ -1,0 +1,53 @@
+"""The ``pipeline`` section: the variants compared, the baseline and the forgetting benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from mindgap.checks import require_choice, require_label
+from mindgap.errors import ConfigError
+from mindgap.rewriting.config import REWRITE_STRATEGIES
+from mindgap.training.config import LossConfig
+
+
+@dataclass
+class VariantConfig:
+    """One trained model of the pipeline's comparison: a training set and a loss."""
+
+    # Label in tables, figures and W&B runs (e.g. DR+IS).
+    name: str = MISSING
+    # Rewrite strategy that makes its training set (none: the raw expert data); the rest of
+    # ``rewrite`` is shared by every variant.
+    rewrite: str = "none"
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        require_label("pipeline.variants[].name", self.name)
+        require_choice(f"pipeline.variants[{self.name}].rewrite", self.rewrite, REWRITE_STRATEGIES)
+
+
+@dataclass
+class PipelineConfig:
+    """mindgap-pipeline: rewrite once per strategy, train every variant, evaluate all, write a report."""
+
+    # Variants trained with the same steps and seed; empty: one variant, the configured
+    # rewrite.strategy and train.loss, labelled ``run``.
+    variants: list[VariantConfig] = field(default_factory=list)
+    # Label the others are compared with; null: the first variant.
+    baseline: str | None = None
+    # Also evaluate the initial model, labelled ``base``.
+    evaluate_base: bool = True
+    # Benchmarks (of eval.benchmarks) outside the fine-tuning target: they measure forgetting
+    # and are reported apart from the target mean.
+    forgetting_benchmarks: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [variant.name for variant in self.variants]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"pipeline.variants: names must be unique, {', '.join(duplicates)} repeat")
+        labels = [*names, *(["base"] if self.evaluate_base else [])]
+        if self.baseline is not None and names and self.baseline not in labels:
+            raise ConfigError(f"pipeline.baseline={self.baseline!r} is not one of {', '.join(labels)}")
