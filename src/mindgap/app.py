@@ -40,6 +40,8 @@ def quiet_libraries() -> None:
 
     datasets.disable_progress_bars()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # "Seed set to 0" at every training run, twice (Lightning's handler and Hydra's): the seed is in the config.
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
 
 

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
+from hydra import compose, initialize_config_dir
 
-from mindgap.paths import PROJECT_ROOT
+from mindgap.config import MindgapConfig, register_configs, to_typed
+from mindgap.paths import CONFIG_DIR, PROJECT_ROOT
+from mindgap.rewriting.app import rewrite
 from tests.conftest import run_app_subprocess
 
 pytestmark = pytest.mark.slow
@@ -103,15 +106,25 @@ def test_shards_merge_to_the_unsharded_dataset(tmp_path: Path, uninterrupted: Pa
     assert manifest["problems"] == 12 and manifest["chunks"] == {"total": 6, "computed_by_this_run": 0, "size": 2}
 
 
-def test_finished_work_is_reused_and_a_changed_input_recomputes(tmp_path: Path, uninterrupted: Path) -> None:
+def _rewrite_in_process(output_dir: Path, *overrides: str) -> None:
+    """The app's job in this process (composed like the app): the stage without 15 s of imports per run."""
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("rewrite", overrides=[*STAGE, *overrides, f"output_dir={output_dir}"])
+    rewrite(to_typed(cfg, MindgapConfig), output_dir)
+
+
+def test_finished_work_is_reused_and_a_changed_input_recomputes(
+    tmp_path: Path, uninterrupted: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     work = tmp_path / "work"
-    first = _run(f"rewrite.work_dir={work}", f"output_dir={tmp_path / 'a'}")
+    _rewrite_in_process(tmp_path / "a", f"rewrite.work_dir={work}")
     # Cut-off responses are counted per stage, in the manifest and next to the progress bar's acceptance.
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert all("rejected_truncated" in stats for stats in manifest["stages"].values())
-    assert "truncated=" in first.stderr
-    again = _run(f"rewrite.work_dir={work}", f"output_dir={tmp_path / 'b'}")
-    assert "rewrite:" not in again.stderr  # no progress bar: nothing was generated
-    assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
-    _run(f"rewrite.work_dir={work}", "rewrite.self_sampling.max_tokens=40", f"output_dir={tmp_path / 'c'}")
+    assert "truncated=" in capfd.readouterr().err
+    _rewrite_in_process(tmp_path / "b", f"rewrite.work_dir={work}")
+    assert "rewrite:" not in capfd.readouterr().err  # no progress bar: nothing was generated
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "a") == _rows(uninterrupted)
+    _rewrite_in_process(tmp_path / "c", f"rewrite.work_dir={work}", "rewrite.self_sampling.max_tokens=40")
     assert len(list(work.iterdir())) == 2

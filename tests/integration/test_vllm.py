@@ -4,9 +4,9 @@ The model's generation_config.json carries sampling defaults (repetition_penalty
 no_repeat_ngram_size) that neither backend may apply: every comparison below is against
 softmax(logits / T) over the top-p nucleus.
 
-vLLM spawns its workers, so an engine is only ever built in a subprocess under a main guard:
-one ``python -m mindgap.generation.vllm`` run samples every job below with one engine start,
-and one rewrite app run uses ``generator=vllm``. Two engine starts, about 90 s on 2 cores.
+An engine is only ever built in a subprocess under a main guard (on GPUs vLLM spawns its workers):
+one ``python -m mindgap.generation.vllm`` run samples every job below with one engine start, and
+one rewrite app run uses ``generator=vllm``. Two engine starts, about 30 s each on 2 cores.
 """
 
 from __future__ import annotations
