@@ -4,7 +4,8 @@ Works from results directories written by mindgap-eval (``results.json`` and eac
 ``problems.jsonl``), so runs made at different times or on different machines compare as long as they
 share benchmarks and problems. Every metric is a mean of per-problem scores (mindgap.evaluation.metrics):
 a variant's interval resamples each benchmark's problems, and its difference to the baseline uses the
-same resamples for both, which pairs them problem by problem.
+same resamples for both, which pairs them problem by problem. ``results_markdown`` is one model's table.
+Metrics whose every value coincides (avg@1, pass@1 and maj@1 at one sample) are shown once, under all their names.
 """
 
 from __future__ import annotations
