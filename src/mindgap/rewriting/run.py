@@ -13,7 +13,7 @@ chunk is computed under its lock in ``locks/`` (mindgap.locks), a job skips chun
 holds, and waits at the end for those to finish; the merge runs under the fingerprint's lock.
 
 One module past the usual size: the chunk lifecycle (generate, rescore, merge, publish) and its
-locks are one contract; splitting it waits for the layout issue that moves the stage into its package.
+locks are one contract, read top to bottom; the strategies, stages and rescoring already live beside it.
 """
 
 from __future__ import annotations
