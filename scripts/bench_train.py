@@ -1,13 +1,13 @@
 """Training throughput of the loss family on a real architecture: tokens/s, MFU, peak memory, FSDP2 vs single.
 
 One process, one device. The model is a Qwen2.5 architecture (tests/gpu/configs/*.json) with random
-weights and the tiny model's tokenizer; batches are random ids with a masked prompt. Each variant
-runs warm-up steps, then timed optimiser steps (forward, loss, backward, AdamW), alternating
-variant by variant so that all see the same machine:
+weights and the tiny model's tokenizer; batches are random ids with a masked prompt
+(``mindgap.measurement.batches``). Each variant runs warm-up steps, then timed optimiser steps
+(forward, loss, backward, AdamW), alternating variant by variant so that all see the same machine:
 
 - ``sft``, ``dft``, ``is`` on the unsharded model (bf16 autocast on GPU, fp32 on CPU);
-- ``dft`` under FSDP2 (``fully_shard`` per decoder layer, one rank, bf16 parameters and fp32
-  gradient reduction on GPU), the layout ``strategy=fsdp2`` trains with.
+- ``dft`` under FSDP2, sharded by ``strategy=fsdp2``'s own ``shard_model`` (one rank, bf16
+  parameters and fp32 gradient reduction on GPU).
 
 MFU counts 6 x parameters x tokens per step (attention's quadratic term left out) against
 ``--peak-tflops`` (790 TFLOP/s: one H200's dense bf16). Peak memory is the CUDA allocator's
@@ -23,21 +23,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.device_mesh import init_device_mesh
 
+from mindgap.measurement.batches import Batch, collate, make_sequences, step_loss
+from mindgap.measurement.timing import Stopwatch
 from mindgap.models.config import TinyModelConfig
 from mindgap.models.loading import load_causal_lm
 from mindgap.models.tiny import build_from_config_file, build_tiny_model
 from mindgap.paths import PROJECT_ROOT
-from mindgap.training.logits import label_logprobs
-from mindgap.training.losses import IGNORE_INDEX, source_ids, weight_rules, weighted_loss
+from mindgap.training.config import StrategyConfig, TrainConfig
+from mindgap.training.strategy import shard_model
 
 CONFIGS = PROJECT_ROOT / "tests" / "gpu" / "configs"
 DATA_ROOT = os.environ.get("MINDGAP_DATA_ROOT") or str(PROJECT_ROOT.parent / "shared" / "data")
@@ -55,59 +56,38 @@ DRY_RUN_CONFIG = {
 }
 
 
-def _batch(rows: int, length: int, vocab: int, device: torch.device) -> dict[str, Any]:
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, min(vocab, 2048), (rows, length), generator=generator)
-    labels = input_ids.clone()
-    labels[:, : length // 8] = IGNORE_INDEX
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": torch.ones_like(input_ids).to(device),
-        "labels": labels.to(device),
-        "behavior": torch.full((rows, length - 1), -11.9, device=device),
-        "sources": source_ids(["self", "guided", "expert", "self"] * rows, device=device)[:rows],
-    }
-
-
 class Variant:
     def __init__(self, name: str, loss: str, model: torch.nn.Module, device: torch.device, bf16: bool):
         self.name, self.loss, self.model, self.device, self.bf16 = name, loss, model, device, bf16
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-        self.times: list[float] = []
+        self.watch = Stopwatch(device)
         self.peak = 0
 
-    def step(self, batch: dict[str, Any], timed: bool) -> None:
+    def step(self, batch: Batch, timed: bool) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logprobs, mask = label_logprobs(
-                self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size=None
-            )
-        rules = weight_rules(self.loss, batch["sources"])
-        result = weighted_loss(logprobs, mask, rules, batch["behavior"], num_step_tokens=int(mask.sum()), clip_max=5.0)
-        result.loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with self.watch if timed else Stopwatch(self.device):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = step_loss(self.model, batch, self.loss)
+            loss.result.loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
+            # The whole footprint (weights, optimiser state, activations), not the growth over the step.
             self.peak = max(self.peak, torch.cuda.max_memory_allocated())
-        if timed:
-            self.times.append(time.perf_counter() - started)
 
 
 def _fsdp2(model: torch.nn.Module, device: torch.device, bf16: bool) -> torch.nn.Module:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
+    """The model sharded as ``strategy=fsdp2`` shards it, on a one-rank process group."""
     if not torch.distributed.is_initialized():
         store = Path(tempfile.mkdtemp()) / "store"
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else torch.float32, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    train = TrainConfig(
+        precision="bf16-mixed" if bf16 else "32-true",
+        strategy=StrategyConfig(name="fsdp2", accelerator="gpu" if device.type == "cuda" else "cpu"),
+    )
+    shard_model(model, init_device_mesh(device.type, (1,)), train)
     return model
 
 
@@ -137,13 +117,15 @@ def main() -> int:
     variants = [Variant(loss, loss, load_causal_lm(path).to(device), device, bf16) for loss in ("sft", "dft", "is")]
     variants.append(Variant("fsdp2-dft", "dft", _fsdp2(load_causal_lm(path).to(device), device, bf16), device, bf16))
     parameters = sum(p.numel() for p in variants[0].model.parameters())
-    batch = _batch(args.rows, args.length, variants[0].model.config.vocab_size, device)
-    tokens = int((batch["labels"] != IGNORE_INDEX).sum())
+    vocab_size = variants[0].model.config.vocab_size
+    sequences = make_sequences(args.rows, args.rows, args.length, vocab_size, seed=0, ragged=False)
+    batch = collate(sequences, vocab_size, seed=0).to(device)
+    tokens = batch.loss_tokens
     for index in range(args.warmup + args.steps):
         for variant in variants:
             variant.step(batch, timed=index >= args.warmup)
-    sft_time = statistics.median(variants[0].times)
-    single_dft = statistics.median(variants[1].times)
+    sft_time = variants[0].watch.median
+    single_dft = variants[1].watch.median
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "dtype": "bf16-mixed" if bf16 else "float32",
@@ -155,7 +137,7 @@ def main() -> int:
         "variants": {},
     }
     for variant in variants:
-        seconds = statistics.median(variant.times)
+        seconds = variant.watch.median
         throughput = args.rows * args.length / seconds
         report["variants"][variant.name] = {
             "step_s": seconds,
@@ -164,7 +146,7 @@ def main() -> int:
             "peak_memory_gib": variant.peak / 2**30 if device.type == "cuda" else None,
             "step_time_vs_sft": seconds / sft_time,
         }
-    report["fsdp2_vs_single_dft"] = statistics.median(variants[3].times) / single_dft
+    report["fsdp2_vs_single_dft"] = variants[3].watch.median / single_dft
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     if torch.distributed.is_initialized():

@@ -29,6 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from mindgap.data.sources import data_config, load_problems
+from mindgap.measurement.report import Throughput, console, ratio, table, throughput_table
 from mindgap.paths import PROJECT_ROOT
 from mindgap.verification import pool as pool_module
 from mindgap.verification.verifier import Verifier
@@ -201,15 +202,22 @@ def compare_pools(workers: int, timeout_s: float, count: int, memory_limit_mb: i
     finally:
         expected.close()
     pebble = run_pebble(workers, tasks, timeout_s, memory_limit_mb, reference)
-    print(f"{count} symbolic checks (math-verify decides each), {workers} workers, {timeout_s:g} s limit per check,")
-    print(f"{memory_limit_mb} MiB address space per worker (RLIMIT_AS, both pools); {os.cpu_count()} CPU cores")
-    print(f"{'pool':<34} {'cold/s':>8} {'warm/s':>8} {'ratio':>6} {'hang + 20 (s)':>14} {'hang verdict':>13}")
+    title = (
+        f"{count} symbolic checks (math-verify decides each), {workers} workers, {timeout_s:g} s limit per check,"
+        f" {memory_limit_mb} MiB address space per worker (RLIMIT_AS, both pools); {os.cpu_count()} CPU cores"
+    )
+    pools = table(title, ["pool", "cold/s", "warm/s", "warm x mindgap", "hang + 20 (s)", "hang verdict"])
     names = {pool_module.TIMEOUT: "timed out", pool_module.FALSE: "false", pool_module.TRUE: "true"}
     for name, row in (("mindgap Pool (subprocess, pipes)", own), ("pebble ProcessPool (spawn)", pebble)):
-        print(
-            f"{name:<34} {count / row['cold']:>8.0f} {count / row['warm']:>8.0f} {own['warm'] / row['warm']:>5.2f}x"
-            f" {row['hang']:>14.2f} {names.get(int(row['hang_outcome']), str(row['hang_outcome'])):>13}"
+        pools.add_row(
+            name,
+            f"{count / row['cold']:.0f}",
+            f"{count / row['warm']:.0f}",
+            ratio(own["warm"] / row["warm"]),
+            f"{row['hang']:.2f}",
+            names.get(int(row["hang_outcome"]), str(row["hang_outcome"])),
         )
+    console().print(pools)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,12 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         (f"Verifier, {pool}, cold", cold_s, cold),
         (f"Verifier, {pool}, warm", batched_s, batched),
     ]
-    print(f"{n} GSM8K-style responses ({sum(labels)} meant correct), {os.cpu_count()} CPU cores")
-    print("cold: the clock includes starting the worker pool; warm: the pool is already running")
-    print(f"{'method':<30} {'items':>6} {'seconds':>8} {'verdicts/s':>11} {'ratio':>7} {'= label':>8}")
-    for name, seconds, verdicts in rows:
-        matches = sum(v == label for v, label in zip(verdicts, labels, strict=True))
-        print(f"{name:<30} {n:>6} {seconds:>8.2f} {n / seconds:>11.0f} {plain_s / seconds:>6.1f}x {matches / n:>8.2%}")
+    matches = [sum(v == label for v, label in zip(verdicts, labels, strict=True)) / n for _, _, verdicts in rows]
+    title = (
+        f"{n} GSM8K-style responses ({sum(labels)} meant correct), {os.cpu_count()} CPU cores;"
+        " cold: the clock includes starting the worker pool, warm: the pool is already running"
+    )
+    console().print(
+        throughput_table(
+            title,
+            [Throughput(name, n, seconds) for name, seconds, _ in rows],
+            "verdicts",
+            rows[0][0],
+            {"= label": [f"{share:.2%}" for share in matches]},
+        )
+    )
     agree = sum(a == b for a, b in zip(plain, batched, strict=True))
     print(f"agreement between the two: {agree}/{n} ({agree / n:.2%})")
     print(f"Verifier counters: {counters}")

@@ -54,6 +54,6 @@ def test_dry_run_writes_one_report(tmp_path: Path) -> None:
     assert bench["config"] == "dry-run" and bench["device"] == "cpu"
     assert sorted(bench["variants"]) == ["dft", "fsdp2-dft", "is", "sft"]
     assert bench["variants"]["sft"]["step_time_vs_sft"] == 1.0
-    # 2 rows x 64 tokens with the first 64 // 8 = 8 masked: 2 x 56 labelled tokens.
-    assert bench["loss_tokens_per_step"] == 2 * 56
+    # 2 rows x 64 tokens, each with a prompt of 64 // 8 = 8 to 64 // 4 = 16 tokens masked.
+    assert 2 * 48 <= bench["loss_tokens_per_step"] <= 2 * 56
     assert all(variant["tokens_per_s"] > 0 for variant in bench["variants"].values())
