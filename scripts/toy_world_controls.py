@@ -47,13 +47,31 @@ EXPERT_TARGET = 50.0
 def compose_config(app: str, overrides: list[str]) -> MindgapConfig:
     register_configs()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(app, overrides=["experiment=demo", "logger=none", *overrides])
+        cfg = compose(app, overrides=["experiment=demo", "logger=none", "output_dir=unused", *overrides])
     return to_typed(cfg, MindgapConfig)
 
 
 def accuracy(eval_dir: Path, label: str, benchmark: str) -> float:
     results = json.loads((eval_dir / label / "results.json").read_text())
     return 100 * results["benchmarks"][benchmark]["avg@1"]
+
+
+def sft_control(name: str, settings: list[str], overrides: list[str], directory: Path) -> dict[str, dict[str, float]]:
+    """One SFT variant (raw data, no rewriting) through the pipeline: label -> {target, forgetting} accuracy.
+
+    The control's own ``settings`` come after the user's ``overrides``, so that they hold.
+    """
+    from mindgap.pipeline.app import EVAL_DIR, pipeline
+
+    variant = f"pipeline.variants=[{{name: {name}, rewrite: none, loss: {{name: sft}}}}]"
+    config = compose_config("pipeline", [*overrides, variant, *settings, f"output_dir={directory}"])
+    pipeline(config, directory)
+    labels = [name, "base"] if config.pipeline.evaluate_base else [name]
+    benchmarks = {"target": "toy_test", "forgetting": "toy_forgetting"}
+    return {
+        label: {group: accuracy(directory / EVAL_DIR, label, benchmark) for group, benchmark in benchmarks.items()}
+        for label in labels
+    }
 
 
 def mean_token_logprob(dataset_dir: Path) -> float:
@@ -65,7 +83,7 @@ def mean_token_logprob(dataset_dir: Path) -> float:
 
 
 def run_controls(overrides: list[str], output_dir: Path, expert_scale: bool) -> dict:
-    from mindgap.pipeline.app import EVAL_DIR, REWRITE_DIR, pipeline
+    from mindgap.pipeline.app import REWRITE_DIR
     from mindgap.rewriting.app import rewrite
 
     measured: dict = {"overrides": overrides, "seconds": {}}
@@ -73,21 +91,9 @@ def run_controls(overrides: list[str], output_dir: Path, expert_scale: bool) -> 
     started = time.perf_counter()
     # (a), (b) and the native half of (c): the oracle SFT control next to the initial model.
     oracle_dir = output_dir / "oracle"
-    oracle = compose_config(
-        "pipeline",
-        [
-            "data=toy_train_native",
-            "pipeline.variants=[{name: oracle, rewrite: none, loss: {name: sft}}]",
-            "pipeline.baseline=base",
-            f"output_dir={oracle_dir}",
-            *overrides,
-        ],
-    )
-    pipeline(oracle, oracle_dir)
-    measured["initial_target"] = accuracy(oracle_dir / EVAL_DIR, "base", "toy_test")
-    measured["initial_forgetting"] = accuracy(oracle_dir / EVAL_DIR, "base", "toy_forgetting")
-    measured["oracle_target"] = accuracy(oracle_dir / EVAL_DIR, "oracle", "toy_test")
-    measured["oracle_forgetting"] = accuracy(oracle_dir / EVAL_DIR, "oracle", "toy_forgetting")
+    oracle = sft_control("oracle", ["data=toy_train_native", "pipeline.baseline=base"], overrides, oracle_dir)
+    measured |= {f"initial_{group}": value for group, value in oracle["base"].items()}
+    measured |= {f"oracle_{group}": value for group, value in oracle["oracle"].items()}
     measured["native_logprob"] = mean_token_logprob(oracle_dir / REWRITE_DIR / "dataset")
     measured["seconds"]["oracle"] = time.perf_counter() - started
 
@@ -113,26 +119,14 @@ def run_controls(overrides: list[str], output_dir: Path, expert_scale: bool) -> 
     measured["seconds"]["sdft"] = time.perf_counter() - started
 
     if expert_scale:
-        # (e): the expert style at scale, SFT only, the target test set only.
+        # (e): the expert style at scale, SFT only.
         started = time.perf_counter()
-        scale_dir = output_dir / "expert-scale"
-        demo = compose_config("pipeline", overrides)
-        assert demo.data.toy is not None
-        scaled = compose_config(
-            "pipeline",
-            [
-                f"data.toy.size={demo.data.toy.size * EXPERT_SCALE}",
-                f"train.max_epochs={EXPERT_EPOCHS}",
-                "pipeline.variants=[{name: expert-scale, rewrite: none, loss: {name: sft}}]",
-                "pipeline.evaluate_base=false",
-                "pipeline.forgetting_benchmarks=[toy_forgetting]",
-                f"output_dir={scale_dir}",
-                *overrides,
-            ],
+        size = compose_config("pipeline", overrides).data.toy.size
+        settings = [f"data.toy.size={size * EXPERT_SCALE}", f"train.max_epochs={EXPERT_EPOCHS}"]
+        scaled = sft_control(
+            "expert-scale", [*settings, "pipeline.evaluate_base=false"], overrides, output_dir / "scale"
         )
-        pipeline(scaled, scale_dir)
-        measured["expert_scale_target"] = accuracy(scale_dir / EVAL_DIR, "expert-scale", "toy_test")
-        measured["expert_scale_forgetting"] = accuracy(scale_dir / EVAL_DIR, "expert-scale", "toy_forgetting")
+        measured |= {f"expert_scale_{group}": value for group, value in scaled["expert-scale"].items()}
         measured["seconds"]["expert_scale"] = time.perf_counter() - started
     return measured
 

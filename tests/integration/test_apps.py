@@ -66,6 +66,7 @@ def test_smoke_pipeline_rewrites_trains_and_evaluates(smoke_pipeline) -> None:
         "composition.png",
         "token_logprobs.png",
         "weight_statistics.png",
+        "weight_statistics_by_source.png",
     ]
     assert "| run |" in (report / "results.md").read_text()
 
@@ -89,7 +90,8 @@ def test_analysis_notebook_runs_on_the_report(smoke_pipeline) -> None:
     finally:
         del os.environ["MINDGAP_REPORT"]
     images = [output for cell in code_cells for output in cell.outputs if "image/png" in output.get("data", {})]
-    assert len(images) == 4
+    # Accuracy, the weight statistics overall and per source, the log-probs, the composition.
+    assert len(images) == 5
     summary = next(cell for cell in code_cells if "summary_table" in cell.source)
     assert "run" in summary.outputs[0]["data"]["text/plain"]
 

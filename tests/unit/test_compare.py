@@ -188,3 +188,22 @@ def test_compare_command(runs: dict[str, Path], tmp_path: Path) -> None:
     assert "| DR+DFT | 100.00 [100.00, 100.00] |" in result.stdout
     assert f"mindgap-compare: outputs in {out}" in result.stdout
     assert {path.name for path in out.iterdir()} >= {"comparison.md", "comparison.csv", "comparison.json"}
+
+
+def test_findings_name_the_best_variant_and_compare_with_the_initial_model_once(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from mindgap.evaluation.compare import compare
+    from mindgap.pipeline.report import findings
+
+    base = fabricate(tmp_path, "base", {"a": [0, 0], "b": [1, 1, 1, 1]})
+    variants = [load_variant(path) for path in (*runs.values(), base)]
+    trained = ["SFT", "DFT", "IS"]
+    against_base = {"target": compare(variants, "base", BootstrapConfig())}
+    (line,) = findings({"target": compare(variants, "SFT", BootstrapConfig())}, against_base, trained)
+    # DFT solves 6 of 6 problems' means: a 100%, b 100%, mean 100; SFT (50 + 100) / 2 = 75; base 50.
+    assert line.startswith("best on target (avg@1, mean of a, b): DFT 100.00")
+    assert "; vs SFT +25.00" in line and "; vs base +50.00" in line
+    # With the initial model as the baseline, its difference is given once.
+    (line,) = findings(against_base, against_base, trained)
+    assert line.count("vs base") == 1

@@ -77,7 +77,7 @@ def test_launcher_configs_compose(launcher: str) -> None:
     assert cfg.hydra.launcher.tasks_per_node == 1
 
 
-SWEEP_JOBS = {"seeds": 3, "rewrite_shards": 4, "loss_by_data": 6, "clip": 4, "stages": 3}
+SWEEP_JOBS = {"seeds": 5, "rewrite_shards": 4, "loss_by_data": 6, "clip": 4, "stages": 3}
 
 
 @pytest.mark.parametrize("sweep", _options("sweep"))

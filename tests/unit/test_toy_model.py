@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from mindgap.models.config import ModelConfig
 from mindgap.models.loading import load_tokenizer
 from mindgap.models.resolve import resolve_model_path
 from mindgap.models.tiny import train_tokenizer
-from mindgap.prompts import guided_prompt, standard_prompt
+from mindgap.prompts import guided_prompt, rewrite_prompt, standard_prompt
 from mindgap.toy import pretraining
 from mindgap.toy.config import ToyModelConfig, ToyPretrainingConfig
 from mindgap.toy.pretraining import (
@@ -46,21 +47,36 @@ def toy_model_path(cache_dir: str) -> Path:
 
 
 def test_examples_are_native_responses_under_the_apps_prompts() -> None:
-    spec = small_recipe(corpus_size=200, guided_share=0.25)
+    spec = small_recipe(corpus_size=200, guided_share=0.25, rewrite_share=0.15, hints_from="hinted")
     tokenizer = train_tokenizer(tokenizer_texts(spec), spec.vocab_size, split_digits=True)
     examples = pretraining_examples(spec, tokenizer)
-    problems = split_problems(spec.world, "pretraining", 200)
+    # Standard prompts take the pretraining distribution's problems in order, the guided and rewrite
+    # prompts the hinted distribution's (as hard as the target's, never a target problem).
+    plain = iter(split_problems(spec.world, "pretraining", 200))
+    hinted = iter(split_problems(spec.world, "hinted", 200))
     assert len(examples) == 200
-    assert 25 <= sum(example.guided for example in examples) <= 75
-    for example, problem in zip(examples, problems, strict=True):
-        expected_prompt = (
-            guided_prompt(problem.text, expert_solution(problem), spec.prompt_type)
-            if example.guided
-            else standard_prompt(problem.text, spec.prompt_type)
-        )
+    tasks = Counter(example.task for example in examples)
+    # Binomial(200, p) counts: within about 3 standard deviations of 50 guided and 30 rewrite examples.
+    assert 30 <= tasks["guided"] <= 70 and 12 <= tasks["rewrite"] <= 48 and sum(tasks.values()) == 200
+    for example in examples:
+        problem = next(plain) if example.task == "standard" else next(hinted)
+        expected_prompt = {
+            "guided": guided_prompt(problem.text, expert_solution(problem), spec.prompt_type),
+            "rewrite": rewrite_prompt(problem.text, expert_solution(problem), spec.prompt_type),
+            "standard": standard_prompt(problem.text, spec.prompt_type),
+        }[example.task]
         assert tokenizer.decode(example.prompt_ids) == expected_prompt
         assert example.response_ids[-1] == tokenizer.eos_token_id
         assert tokenizer.decode(example.response_ids[:-1]) == native_solution(problem)
+
+
+def test_hints_from_pretraining_show_each_next_pretraining_problem() -> None:
+    spec = small_recipe(corpus_size=100, guided_share=0.5)
+    tokenizer = train_tokenizer(tokenizer_texts(spec), spec.vocab_size, split_digits=True)
+    examples = pretraining_examples(spec, tokenizer)
+    problems = split_problems(spec.world, "pretraining", 100)
+    assert {example.task for example in examples} == {"standard", "guided"}
+    assert [tokenizer.decode(e.response_ids[:-1]) for e in examples] == [native_solution(p) for p in problems]
 
 
 def test_tokenizer_splits_digits_and_keeps_prompt_words_whole() -> None:

@@ -20,6 +20,9 @@ COMPOSITION_CSV = "composition.csv"
 FIGURES_DIR = "figures"
 # The training curves drawn per variant: the importance weights' spread and effective sample size.
 WEIGHT_CURVES = ("is/all/weight_var", "is/all/ess")
+# The per-source statistics of the importance-weighted variants (IS against DR+IS: the papers' argument).
+SOURCE_WEIGHT_STATISTICS = ("weight_var", "ess")
+WEIGHT_SOURCES = ("self", "guided", "expert")
 
 
 @dataclass
@@ -52,14 +55,14 @@ def load_report(directory: Path | str) -> Report:
     )
 
 
-def _group_means(report: Report) -> pd.DataFrame:
+def group_means(report: Report) -> pd.DataFrame:
     results = report.results
     return results[(results["benchmark"] == "mean") & (results["metric"] == report.headline_metric)]
 
 
 def summary_table(report: Report) -> pd.DataFrame:
     """Variant x group (target, forgetting): the headline metric's mean over benchmarks, percent, with interval."""
-    rows = _group_means(report)
+    rows = group_means(report)
     table = {}
     for (variant, group), row in rows.set_index(["variant", "group"]).iterrows():
         table.setdefault(variant, {})[group] = (
@@ -69,17 +72,26 @@ def summary_table(report: Report) -> pd.DataFrame:
     return pd.DataFrame.from_dict(table, orient="index").loc[order]
 
 
+def seed_values(reports: list[Report]) -> pd.DataFrame:
+    """seed, variant, group, value (percent): each run's headline mean per group."""
+    frames = [
+        group_means(report)[["variant", "group", "value"]].assign(seed=report.variants["seed"]) for report in reports
+    ]
+    values = pd.concat(frames)
+    return values.assign(value=100 * values["value"])
+
+
+def t_interval(values: pd.Series) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval (nan for a single value)."""
+    half = t_quantile_975(len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan
+    return float(values.mean()), float(half)
+
+
 def seed_table(reports: list[Report]) -> pd.DataFrame:
     """Across runs that differ only in seed: mean and 95% t-interval of each variant's group means, percent."""
-    frames = []
-    for report in reports:
-        rows = _group_means(report)
-        frames.append(rows[["variant", "group", "value"]].assign(seed=report.variants["seed"]))
-    values = pd.concat(frames)
     cells: dict[str, dict[str, str]] = {}
-    for (variant, group), scores in values.groupby(["variant", "group"], sort=False)["value"]:
-        mean = 100 * scores.mean()
-        half = 100 * _t_quantile_975(len(scores) - 1) * scores.std(ddof=1) / np.sqrt(len(scores))
+    for (variant, group), scores in seed_values(reports).groupby(["variant", "group"], sort=False)["value"]:
+        mean, half = t_interval(scores)
         cells.setdefault(variant, {})[f"{group} (n={len(scores)} seeds)"] = f"{mean:.1f} ± {half:.1f}"
     return pd.DataFrame.from_dict(cells, orient="index")
 
@@ -88,7 +100,7 @@ def seed_table(reports: list[Report]) -> pd.DataFrame:
 _T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
-def _t_quantile_975(degrees_of_freedom: int) -> float:
+def t_quantile_975(degrees_of_freedom: int) -> float:
     if degrees_of_freedom < 1:
         return float("nan")
     return _T_975[degrees_of_freedom - 1] if degrees_of_freedom <= len(_T_975) else 1.96
@@ -97,7 +109,7 @@ def _t_quantile_975(degrees_of_freedom: int) -> float:
 def plot_accuracy(report: Report, ax: plt.Axes | None = None) -> plt.Axes:
     """Bars per variant for each group's mean, with the bootstrap interval."""
     ax = ax or plt.subplots(figsize=(8, 4))[1]
-    rows = _group_means(report)
+    rows = group_means(report)
     variants = list(dict.fromkeys(rows["variant"]))
     groups = list(dict.fromkeys(rows["group"]))
     width = 0.8 / len(groups)
@@ -123,6 +135,34 @@ def plot_weight_statistics(report: Report, axes: list[plt.Axes] | None = None) -
         ax.set_xlabel("optimiser step")
         ax.set_title(metric)
     axes[0].legend()
+    return axes
+
+
+def plot_weight_statistics_by_source(report: Report, axes: np.ndarray | None = None) -> np.ndarray:
+    """Per source, the variance and ESS of the importance weights over training, for the ``is`` variants.
+
+    The papers' central argument in one figure: on raw data every record is an expert record with a
+    wide weight distribution; rewriting moves records to self and guided sources, whose weights sit
+    near 1, so the variance falls and the effective sample size rises.
+    """
+    weighted = [item["name"] for item in report.variants["variants"] if item["loss"]["name"] == "is"]
+    if axes is None:
+        axes = plt.subplots(
+            len(SOURCE_WEIGHT_STATISTICS), len(WEIGHT_SOURCES), figsize=(13, 6.5), sharex=True, squeeze=False
+        )[1]
+    for row, statistic in enumerate(SOURCE_WEIGHT_STATISTICS):
+        for column, source in enumerate(WEIGHT_SOURCES):
+            ax = axes[row][column]
+            curves = report.training[report.training["metric"] == f"is/{source}/{statistic}"]
+            for variant in weighted:
+                curve = curves[curves["variant"] == variant]
+                if len(curve):
+                    ax.plot(curve["step"], curve["value"], marker=".", label=variant)
+            ax.set_title(f"{source}: {statistic}")
+            if row == len(SOURCE_WEIGHT_STATISTICS) - 1:
+                ax.set_xlabel("optimiser step")
+            if ax.get_lines():
+                ax.legend()
     return axes
 
 
@@ -167,13 +207,14 @@ def write_figures(report_dir: Path | str) -> list[Path]:
     drawings = {
         "accuracy.png": plot_accuracy,
         "weight_statistics.png": plot_weight_statistics,
+        "weight_statistics_by_source.png": plot_weight_statistics_by_source,
         "token_logprobs.png": plot_token_logprobs,
         "composition.png": plot_composition,
     }
     paths = []
     for name, draw in drawings.items():
         axes = draw(report)
-        figure = (axes[0] if isinstance(axes, list) else axes).figure
+        figure = np.ravel(axes)[0].figure
         figure.tight_layout()
         figure.savefig(figures_dir / name, dpi=120)
         plt.close(figure)

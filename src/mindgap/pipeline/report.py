@@ -93,7 +93,7 @@ def findings(sections: dict[str, Comparison], against_base: dict[str, Comparison
         )
         if best != comparison.baseline:
             line += f"; vs {comparison.baseline} {format_delta(comparison.deltas[metric][best]['mean'])}"
-        if group in against_base:
+        if group in against_base and comparison.baseline != BASE_LABEL:
             line += f"; vs {BASE_LABEL} {format_delta(against_base[group].deltas[metric][best]['mean'])}"
         lines.append(line)
     return lines

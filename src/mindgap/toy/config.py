@@ -68,6 +68,12 @@ class ToyWorldConfig:
     target: ToyDistributionConfig = field(
         default_factory=lambda: ToyDistributionConfig(steps=[3, 4, 5], max_start=25, max_value=40)
     )
+    # The distribution of the pretraining examples that show an expert-style solution (the guided and
+    # rewrite prompts) when model.toy.pretraining.hints_from=hinted: by default as hard as the target,
+    # drawn from the pretraining part of the problem space (never a target problem).
+    hinted: ToyDistributionConfig = field(
+        default_factory=lambda: ToyDistributionConfig(steps=[3, 4, 5], max_start=25, max_value=40)
+    )
     # Share of all problem texts (by a hash of the text) that no training set ever contains: the
     # target test set and the forgetting set are drawn from it alone.
     held_out_share: float = 0.2
@@ -100,9 +106,14 @@ class ToyPretrainingConfig:
 
     # Problems of the pretraining distribution the examples are made from.
     corpus_size: int = 20000
-    # Share of examples that show the expert solution under the guided prompt; the rest use the
-    # standard prompt. Both are answered with the native-style solution.
+    # Share of examples that show the expert solution under the guided prompt.
     guided_share: float = 0.25
+    # Share of examples that show it under the rewrite prompt (rewrite it in your own words); the
+    # rest use the standard prompt. All are answered with the native-style solution.
+    rewrite_share: float = 0.0
+    # The problems the guided and rewrite examples show: pretraining (drawn as the others) | hinted
+    # (world.hinted: problems the model cannot solve alone, so that it learns to read the reference).
+    hints_from: str = "pretraining"
     # Optimiser steps.
     steps: int = 1600
     # Examples per step.
@@ -123,9 +134,12 @@ class ToyPretrainingConfig:
             require_positive(f"model.toy.pretraining.{name}", getattr(self, name))
         require_positive("model.toy.pretraining.warmup_steps", self.warmup_steps, allow_zero=True)
         require_positive("model.toy.pretraining.weight_decay", self.weight_decay, allow_zero=True)
-        for name in ("guided_share", "min_lr_ratio"):
+        for name in ("guided_share", "rewrite_share", "min_lr_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"model.toy.pretraining.{name}={getattr(self, name)} must be in [0, 1]")
+        require_choice("model.toy.pretraining.hints_from", self.hints_from, ("pretraining", "hinted"))
+        if self.guided_share + self.rewrite_share > 1:
+            raise ConfigError("model.toy.pretraining: guided_share + rewrite_share must be at most 1")
 
 
 @dataclass

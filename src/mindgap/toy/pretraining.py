@@ -1,8 +1,13 @@
 """The toy world's model: a small Qwen2-architecture LM pretrained here, on CPU, cached by recipe hash.
 
-The model learns the *native* style on the easier pretraining distribution: each example is
-a problem under the standard prompt, or (a ``guided_share`` of them) under the guided re-solve
-prompt that shows the expert-style solution, and is answered with the native-style solution.
+The model learns the *native* style: each example is a problem of the easier pretraining
+distribution under the standard prompt, or (a ``guided_share`` of them) a problem shown with its
+expert-style solution under the guided re-solve prompt, or (a ``rewrite_share``) one under the
+rewrite prompt that asks for the shown solution in the model's own words, as instruction-tuned
+models have seen paraphrasing; every example is answered with the native-style solution. The
+shown problems are drawn as the others, or (``pretraining.hints_from=hinted``) from the harder
+``world.hinted`` distribution, problems the model cannot solve alone, so that it learns to read
+the reference.
 Prompts are rendered by ``mindgap.prompts`` for the recipe's prompt type, exactly as the apps
 render them, and the loss covers the response tokens only.
 """
@@ -26,14 +31,22 @@ from transformers import PreTrainedTokenizerFast
 
 from mindgap.errors import ConfigError
 from mindgap.models.tiny import BUILDER_VERSION, CHAT_TEMPLATE, build_once, is_built, new_qwen2_model, train_tokenizer
-from mindgap.prompts import BOXED_INSTRUCTION, GUIDED_REQUEST, TEMPLATES, guided_prompt, standard_prompt
+from mindgap.prompts import (
+    BOXED_INSTRUCTION,
+    GUIDED_REQUEST,
+    REWRITE_REQUEST,
+    TEMPLATES,
+    guided_prompt,
+    rewrite_prompt,
+    standard_prompt,
+)
 from mindgap.toy.config import ToyModelConfig
 from mindgap.toy.problems import LEXICON
 from mindgap.toy.styles import expert_solution, native_solution
 from mindgap.toy.world import WORLD_VERSION, split_problems
 
 # Bump when the examples or the training loop change, so that old cache entries are not reused.
-PRETRAINING_VERSION = 1
+PRETRAINING_VERSION = 2
 # Problems whose texts train the tokenizer (the world's vocabulary is small; more add nothing).
 _TOKENIZER_PROBLEMS = 2000
 # Batches are drawn from windows of this many batches sorted by length, so a batch pads little.
@@ -46,7 +59,8 @@ class PretrainingExample:
     prompt_ids: list[int]
     # The native-style solution's ids, ending with the eos token.
     response_ids: list[int]
-    guided: bool
+    # standard | guided | rewrite: the prompt the problem is shown under.
+    task: str
 
     @property
     def length(self) -> int:
@@ -54,9 +68,12 @@ class PretrainingExample:
 
 
 def model_recipe(spec: ToyModelConfig) -> dict:
-    """Everything of ``spec`` the model depends on: all but the target distribution, which it never sees."""
+    """Everything of ``spec`` the model depends on: not the target distribution, which it never sees, nor the
+    hinted one unless its hints come from it."""
     recipe = dataclasses.asdict(spec)
     del recipe["world"]["target"]
+    if spec.pretraining.hints_from != "hinted":
+        del recipe["world"]["hinted"]
     return recipe
 
 
@@ -65,7 +82,7 @@ def toy_model_dir(spec: ToyModelConfig, cache_dir: str) -> Path:
     payload = {
         "spec": model_recipe(spec),
         "versions": [BUILDER_VERSION, WORLD_VERSION, PRETRAINING_VERSION],
-        "prompts": [TEMPLATES, GUIDED_REQUEST, BOXED_INSTRUCTION, CHAT_TEMPLATE],
+        "prompts": [TEMPLATES, GUIDED_REQUEST, REWRITE_REQUEST, BOXED_INSTRUCTION, CHAT_TEMPLATE],
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir).expanduser() / "models" / f"toy-{digest}"
@@ -75,6 +92,8 @@ def tokenizer_texts(spec: ToyModelConfig) -> list[str]:
     """Problems and both solution styles, each with the prompt wording and the world's lexicon, so that these
     are as frequent as in the examples and their words become single tokens."""
     wording = [template.replace("{input}", "") for template in TEMPLATES.values()] + [GUIDED_REQUEST, LEXICON]
+    if spec.pretraining.rewrite_share > 0:  # without the rewrite task, the tokenizer of v1's world
+        wording.append(REWRITE_REQUEST)
     texts = []
     for problem in split_problems(spec.world, "pretraining", min(spec.pretraining.corpus_size, _TOKENIZER_PROBLEMS)):
         texts.extend((problem.text, native_solution(problem), expert_solution(problem), *wording))
@@ -82,24 +101,31 @@ def tokenizer_texts(spec: ToyModelConfig) -> list[str]:
 
 
 def pretraining_examples(spec: ToyModelConfig, tokenizer: PreTrainedTokenizerFast) -> list[PretrainingExample]:
-    """One example per corpus problem: standard or guided prompt, native-style response."""
+    """``corpus_size`` examples, native-style responses: standard prompts on the pretraining distribution,
+    guided and rewrite prompts (showing the expert-style solution) on the ``hints_from`` one."""
     recipe = spec.pretraining
     rng = random.Random(f"mindgap-toy-pretraining/{recipe.seed}")
-    prompts, responses, guided = [], [], []
-    for problem in split_problems(spec.world, "pretraining", recipe.corpus_size):
-        shows_expert = rng.random() < recipe.guided_share
-        if shows_expert:
-            prompts.append(guided_prompt(problem.text, expert_solution(problem), spec.prompt_type, tokenizer))
+    plain = iter(split_problems(spec.world, "pretraining", recipe.corpus_size))
+    hinted = iter(split_problems(spec.world, "hinted", recipe.corpus_size)) if recipe.hints_from == "hinted" else plain
+    prompts, responses, tasks = [], [], []
+    for _ in range(recipe.corpus_size):
+        roll = rng.random()
+        if roll < recipe.guided_share + recipe.rewrite_share:
+            problem = next(hinted)
+            task = "guided" if roll < recipe.guided_share else "rewrite"
+            show = guided_prompt if task == "guided" else rewrite_prompt
+            prompts.append(show(problem.text, expert_solution(problem), spec.prompt_type, tokenizer))
         else:
+            problem, task = next(plain), "standard"
             prompts.append(standard_prompt(problem.text, spec.prompt_type, tokenizer))
+        tasks.append(task)
         responses.append(native_solution(problem))
-        guided.append(shows_expert)
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return [
-        PretrainingExample(prompt_ids=p, response_ids=[*r, eos], guided=g)
-        for p, r, g in zip(prompt_ids, response_ids, guided, strict=True)
+        PretrainingExample(prompt_ids=p, response_ids=[*r, eos], task=t)
+        for p, r, t in zip(prompt_ids, response_ids, tasks, strict=True)
     ]
 
 
@@ -188,7 +214,12 @@ def _build(spec: ToyModelConfig, target: Path) -> None:
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     (target / "recipe.json").write_text(json.dumps(model_recipe(spec), indent=2))
-    report |= {"examples": len(examples), "guided_examples": sum(e.guided for e in examples), "longest": longest}
+    report |= {
+        "examples": len(examples),
+        "guided_examples": sum(e.task == "guided" for e in examples),
+        "rewrite_examples": sum(e.task == "rewrite" for e in examples),
+        "longest": longest,
+    }
     (target / PRETRAINING_REPORT).write_text(json.dumps(report))
 
 

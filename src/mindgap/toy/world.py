@@ -31,6 +31,8 @@ _SPLITS = {
     "target_test": ("target", HELD_OUT),
     "forgetting": ("pretraining", HELD_OUT),
     "pretraining": ("pretraining", PRETRAINING),
+    # The pretraining examples shown with an expert-style solution, under hints_from=hinted.
+    "hinted": ("hinted", PRETRAINING),
 }
 # Draws a split may make per problem it keeps before giving up (the distribution is too small).
 _DRAWS_PER_PROBLEM = 200

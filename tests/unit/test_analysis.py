@@ -1,0 +1,71 @@
+"""The report's per-source weight figure, and the study's summary over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mindgap.pipeline.analysis import Report, plot_weight_statistics_by_source, seed_values
+from mindgap.pipeline.study import composition, paired_differences
+
+
+def _report() -> Report:
+    variants = [
+        {"name": "SFT", "loss": {"name": "sft"}},
+        {"name": "IS", "loss": {"name": "is"}},
+        {"name": "DR+IS", "loss": {"name": "is"}},
+    ]
+    rows = []
+    for step in (1, 2, 3):
+        # Raw data holds expert records only; the rewritten set also self and guided ones.
+        rows += [["IS", step, "is/expert/weight_var", 40.0], ["IS", step, "is/expert/ess", 0.1]]
+        for source, variance in (("self", 0.2), ("guided", 0.5), ("expert", 30.0)):
+            rows += [["DR+IS", step, f"is/{source}/weight_var", variance], ["DR+IS", step, f"is/{source}/ess", 0.9]]
+        rows.append(["SFT", step, "is/expert/weight_var", 0.0])
+    training = pd.DataFrame(rows, columns=["variant", "step", "metric", "value"])
+    empty = pd.DataFrame()
+    return Report(Path("."), {"variants": variants}, empty, training, empty, empty)
+
+
+def test_each_source_panel_holds_the_is_variants_that_have_records_of_it() -> None:
+    axes = plot_weight_statistics_by_source(_report())
+    labels = {ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in axes.ravel()}
+    assert labels == {
+        "self: weight_var": ["DR+IS"],
+        "guided: weight_var": ["DR+IS"],
+        "expert: weight_var": ["IS", "DR+IS"],  # SFT's constant weights are left out
+        "self: ess": ["DR+IS"],
+        "guided: ess": ["DR+IS"],
+        "expert: ess": ["IS", "DR+IS"],
+    }
+    expert_variance = axes[0][2].get_lines()[0].get_ydata()
+    assert list(expert_variance) == [40.0, 40.0, 40.0]
+
+
+def _seed_report(seed: int, values: dict[tuple[str, str], float]) -> Report:
+    rows = [[group, variant, "avg@1", "mean", value] for (variant, group), value in values.items()]
+    results = pd.DataFrame(rows, columns=["group", "variant", "metric", "benchmark", "value"])
+    composition = pd.DataFrame(
+        [["none", "expert", 256], ["mind_the_gap", "expert", 100 + seed], ["mind_the_gap", "self", 156 - seed]],
+        columns=["rewrite", "source", "count"],
+    )
+    empty = pd.DataFrame()
+    return Report(Path("."), {"seed": seed, "variants": []}, results, empty, empty, composition)
+
+
+def test_paired_differences_are_taken_within_each_seed() -> None:
+    # Seed 0: DR+SFT 0.30 vs SFT 0.10 (+20 points); seed 1: 0.20 vs 0.15 (+5); seed 2: 0.10 vs 0.20 (-10).
+    target = {0: (0.30, 0.10), 1: (0.20, 0.15), 2: (0.10, 0.20)}
+    reports = [
+        _seed_report(seed, {("DR+SFT", "target"): dr, ("SFT", "target"): raw}) for seed, (dr, raw) in target.items()
+    ]
+    pairs = paired_differences(seed_values(reports))
+    assert pairs["comparison"].tolist() == ["DR+SFT - SFT"]
+    row = pairs.iloc[0]
+    # Differences +20, +5, -10: mean 5, sample sd 15, half-width t(2) * 15 / sqrt(3) = 4.303 * 8.660 = 37.27.
+    assert row["mean"] == pytest.approx(5.0)
+    assert row["ci_high"] - row["mean"] == pytest.approx(4.303 * 15 / 3**0.5, rel=1e-4)
+    assert (row["positive"], row["seeds"], row["per_seed"]) == (2, 3, "+20.0 +5.0 -10.0")
+    assert composition(reports).loc["mind_the_gap"].tolist() == [101.0, 155.0]
