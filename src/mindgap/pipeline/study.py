@@ -104,8 +104,8 @@ def report_dirs(study_dir: Path) -> list[Path]:
     return found
 
 
-def write_study(study_dir: Path) -> Path:
-    directories = report_dirs(study_dir)
+def write_study(study_dir: Path, directories: list[Path]) -> str:
+    """Write ``<study_dir>/summary/`` from the runs' report ``directories``; returns ``study.md``'s text."""
     reports = [load_report(directory) for directory in directories]
     values = seed_values(reports)
     out = study_dir / SUMMARY_DIR
@@ -119,14 +119,15 @@ def write_study(study_dir: Path) -> Path:
     intervals = zip(pairs.get("mean", []), pairs.get("ci_low", []), pairs.get("ci_high", []), strict=True)
     shown = pairs.assign(difference=[f"{m:+.1f} [{low:+.1f}, {high:+.1f}]" for m, low, high in intervals])
     columns = ["comparison", "group", "difference", "positive", "seeds", "per_seed"]
-    (out / "study.md").write_text(
+    summary = (
         f"# {reports[0].variants['experiment']}: {len(reports)} seeds\n\n"
         f"## Accuracy (percent, mean ± 95% t-interval over seeds)\n\n{markdown_table(seeds)}\n\n"
         f"## Paired differences (points, within seed)\n\n"
         f"{markdown_table(shown[columns], index=False) if len(pairs) else 'no pair of variants to compare'}\n\n"
         f"## Training-set composition (records per source, mean over seeds)\n\n{markdown_table(sources)}\n"
     )
-    return out
+    (out / "study.md").write_text(summary)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,13 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study_dir", type=Path, help="the multirun's output_dir (one <job>/report per seed)")
     args = parser.parse_args(argv)
     try:
-        out = write_study(args.study_dir)
+        directories = report_dirs(args.study_dir)
     except FileNotFoundError as error:
         print(f"mindgap-study: error: {error}", file=sys.stderr)
         return 2
-    print((out / "study.md").read_text())
-    reports = ":".join(str(path) for path in report_dirs(args.study_dir))
-    print(f"mindgap-study: summary in {out}; the notebook reads the runs with MINDGAP_REPORTS={reports}")
+    print(write_study(args.study_dir, directories))
+    reports = ":".join(str(path) for path in directories)
+    print(
+        f"mindgap-study: summary in {args.study_dir / SUMMARY_DIR};"
+        f" the notebook reads the runs with MINDGAP_REPORTS={reports}"
+    )
     return 0
 
 
