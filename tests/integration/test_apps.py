@@ -75,6 +75,16 @@ def test_smoke_pipeline_rewrites_trains_and_evaluates(smoke_pipeline) -> None:
         assert len(list((out / stage / "wandb").glob("offline-run-*"))) == 1, stage
 
 
+def test_pipeline_of_one_variant_without_the_initial_model(tmp_path: Path) -> None:
+    # One evaluated model writes its results into eval/ itself; the report reads them there.
+    out = tmp_path / "alone"
+    result = run_app_subprocess("pipeline", "experiment=smoke", "pipeline.evaluate_base=false", f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "eval" / "results.json").is_file() and not (out / "eval" / "base").exists()
+    assert "| run |" in (out / "report" / "results.md").read_text()
+    assert "vs base" not in result.stdout
+
+
 def test_analysis_notebook_runs_on_the_report(smoke_pipeline) -> None:
     out, result = smoke_pipeline
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import random
 import re
 
 import pytest
@@ -14,7 +17,19 @@ from mindgap.rewriting.config import CopyFilterConfig
 from mindgap.rewriting.copy_filter import copy_reason
 from mindgap.rewriting.expert import normalize_expert_solution
 from mindgap.toy.config import ToyDataConfig, ToyDistributionConfig, ToyWorldConfig
-from mindgap.toy.problems import GAIN, GAIN_GROUPS, LOSE, LOSE_GROUPS, ORDINALS, Event, Person, ToyProblem
+from mindgap.toy.problems import (
+    GAIN,
+    GAIN_GROUPS,
+    LEXICON,
+    LOSE,
+    LOSE_GROUPS,
+    NOVEL_VERBS,
+    ORDINALS,
+    Event,
+    Person,
+    ToyProblem,
+    draw_problem,
+)
 from mindgap.toy.styles import expert_solution, native_solution
 from mindgap.toy.world import split_file, split_problems, split_rows
 from mindgap.verification.answers import extract_answer
@@ -102,6 +117,9 @@ _CHANGES = [
     (re.compile(rf"gives {_NUMBER} friends {_NUMBER} \w+ each\.$"), lambda c, s: -c * s),
     (re.compile(rf"sells {_NUMBER} \w+ for {_NUMBER} dollars each\.$"), lambda c, p: c * p),
     (re.compile(rf"buys {_NUMBER} \w+ for {_NUMBER} dollars each\.$"), lambda c, p: -c * p),
+    # The target's own verbs (novel_share > 0).
+    (re.compile(rf"(?:collects|wins) {_NUMBER} \w+\.$"), lambda a: a),
+    (re.compile(rf"(?:drops|pays) {_NUMBER} \w+\.$"), lambda a: -a),
 ]
 
 
@@ -201,6 +219,31 @@ def test_limit_and_world_overrides(tmp_path) -> None:
     problems = load_problems(config, data_root="", cache_dir=str(tmp_path)).problems
     assert [p.problem for p in problems] == [p.text for p in split_problems(ToyWorldConfig(seed=3), "target_train", 5)]
     assert len(list((tmp_path / "toy").iterdir())) == 1
+
+
+def _verbs(problems: list[ToyProblem]) -> set[str]:
+    return {event.sentence.split()[2] for problem in problems for event in problem.events}
+
+
+def test_novel_verbs_only_where_asked_and_the_rest_unchanged() -> None:
+    novel = {verb for family in NOVEL_VERBS.values() for verb in family.values()}
+    spec = ToyDistributionConfig(steps=[2, 3, 4])
+    plain = [draw_problem(spec, random.Random(seed)) for seed in range(300)]
+    assert not _verbs(plain) & novel
+    # The pretraining corpus and the tokenizer's lexicon never hold them.
+    assert not _verbs(split_problems(WORLD, "pretraining", 400)) & novel
+    assert not set(LEXICON.split()) & novel
+    told = [draw_problem(dataclasses.replace(spec, novel_share=0.5), random.Random(seed)) for seed in range(300)]
+    plain_events = [e for p in told for e in p.events if e.kind in (GAIN, LOSE)]
+    share = sum(e.sentence.split()[2] in novel for e in plain_events) / len(plain_events)
+    assert 0.4 < share < 0.6
+    # Every verb of each family, its sign as the structure says; the gold answer as the text says.
+    assert _verbs(told) >= novel
+    assert all(_answer_from_text(p.text) == p.answer for p in told)
+    # With share 0 no number is drawn for the wording: the same 300 problems as before the field existed.
+    assert hashlib.sha256("\n".join(p.text for p in plain).encode()).hexdigest()[:16] == "673d640320efad07"
+    with pytest.raises(ConfigError, match="novel_share"):
+        ToyDistributionConfig(novel_share=1.5)
 
 
 def test_bad_toy_configs_fail_with_the_key() -> None:

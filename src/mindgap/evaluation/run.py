@@ -79,6 +79,11 @@ class EvaluationOutcome:
     comparison: Comparison | None
 
 
+def results_dir_of(output_dir: Path, label: str, several: bool) -> Path:
+    """Where ``run_evaluation`` writes a model's results: ``output_dir`` itself when it evaluates one model."""
+    return output_dir / label if several else output_dir
+
+
 def run_evaluation(
     config: MindgapConfig, output_dir: Path, make_tracker: TrackerFactory, model_path: str | None = None
 ) -> EvaluationOutcome:
@@ -96,7 +101,7 @@ def run_evaluation(
     evaluated = []
     with Verifier.from_config(config.verifier) as verifier:
         for model in models:
-            results_dir = output_dir / model.label if several else output_dir
+            results_dir = results_dir_of(output_dir, model.label, several)
             tracker = make_tracker(results_dir, model.label if several else None, "eval")
             try:
                 evaluated.append(ModelEvaluation(config, model, results_dir, verifier).run(benchmarks, tracker))

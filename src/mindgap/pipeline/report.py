@@ -18,6 +18,7 @@ from datasets import load_from_disk
 
 from mindgap.config import MindgapConfig
 from mindgap.evaluation.compare import Comparison, Variant, compare, format_delta, format_percent, load_variant
+from mindgap.evaluation.run import results_dir_of
 from mindgap.pipeline.analysis import (
     COMPOSITION_CSV,
     LOGPROBS_CSV,
@@ -53,7 +54,8 @@ def write_report(config: MindgapConfig, trained: list[TrainedVariant], eval_dir:
     the initial model (they open results.md too).
     """
     report_dir.mkdir(parents=True, exist_ok=True)
-    evaluated = [load_variant(eval_dir / label, label) for label in config.eval.labels]
+    several = len(config.eval.labels) > 1
+    evaluated = [load_variant(results_dir_of(eval_dir, label, several), label) for label in config.eval.labels]
     sections = _grouped_comparisons(config, evaluated, config.eval.baseline)
     against_base = _grouped_comparisons(config, evaluated, BASE_LABEL) if BASE_LABEL in config.eval.labels else {}
     found = findings(sections, against_base, [item.variant.name for item in trained])

@@ -34,6 +34,10 @@ class ToyDistributionConfig:
     max_start: int = 15
     # Largest running total: an event that would pass it is drawn as a loss instead.
     max_value: int = 30
+    # Share of plain gains and losses told with a verb of the distribution's own (problems.NOVEL_VERBS)
+    # that no other distribution uses: a skill (which verb adds, which takes away) that only data
+    # told this way can teach. 0 keeps every draw of the distribution as it was without it.
+    novel_share: float = 0.0
 
     def __post_init__(self) -> None:
         for family in self.families:
@@ -51,6 +55,8 @@ class ToyDistributionConfig:
                 raise ConfigError(f"toy distribution {name}={getattr(self, name)} must be >= 2")
         if self.max_value < self.max_start:
             raise ConfigError("toy distribution max_value must be >= max_start")
+        if not 0 <= self.novel_share <= 1:
+            raise ConfigError(f"toy distribution novel_share={self.novel_share} must be in [0, 1]")
 
 
 @dataclass

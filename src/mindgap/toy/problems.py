@@ -31,6 +31,15 @@ ORDINALS = ["First", "Second", "Third", "Fourth", "Fifth", "Sixth", "Seventh", "
 # that only the harder target problems use (the fifth event, say).
 LEXICON = " ".join([*ORDINALS, *(name for name, *_ in PEOPLE), *ITEMS, *CONTAINERS, *THINGS])
 
+# The verbs of the plain gains and losses that only a distribution with novel_share > 0 tells, by
+# family: never in the pretraining corpus nor in the tokenizer's lexicon, so the toy model meets
+# them as unknown pieces of words and must learn from the fine-tuning set which way they count.
+NOVEL_VERBS = {
+    "inventory": {GAIN: "collects", LOSE: "drops"},
+    "packs": {GAIN: "collects", LOSE: "drops"},
+    "money": {GAIN: "wins", LOSE: "pays"},
+}
+
 # Which event kinds each family tells, and the unit it counts.
 FAMILY_EVENTS = {
     "inventory": (GAIN, LOSE),
@@ -102,9 +111,20 @@ class ToyProblem:
 
 
 def _clause(
-    kind: str, family: str, person: Person, unit: str, amount: int, count: int, noun: str, rng: random.Random
+    kind: str,
+    family: str,
+    person: Person,
+    unit: str,
+    amount: int,
+    count: int,
+    noun: str,
+    novel_share: float,
+    rng: random.Random,
 ) -> str:
     he = person.pronoun
+    # Without novel verbs no number is drawn here, so such a distribution draws what it always did.
+    if kind in NOVEL_VERBS[family] and novel_share > 0 and rng.random() < novel_share:
+        return f"{he} {NOVEL_VERBS[family][kind]} {amount} {unit}"
     # A verb means a gain or a loss in every family, so the sign never depends on what is counted.
     if family == "money":
         options = {
@@ -146,7 +166,7 @@ def _draw_event(
             noun = "friends"
         elif kind in (GAIN_GROUPS, LOSE_GROUPS):
             noun = rng.choice(THINGS)
-        clause = _clause(kind, family, person, unit, amount, count, noun, rng)
+        clause = _clause(kind, family, person, unit, amount, count, noun, spec.novel_share, rng)
         sentence = f"{ORDINALS[position]}, {clause}."
         return Event(kind=kind, amount=amount, count=count, group_noun=noun, sentence=sentence)
 
