@@ -69,6 +69,16 @@ def test_smoke_pipeline_rewrites_trains_and_evaluates(smoke_pipeline) -> None:
         "weight_statistics_by_source.png",
     ]
     assert "| run |" in (report / "results.md").read_text()
+    # Each training set measured once under the initial model, per source and in all.
+    quality = json.loads((out / "rewrite" / "quality.json").read_text())
+    assert quality["fingerprint"] == manifest["fingerprint"]
+    counts = {source: count for source, count in manifest["counts_per_source"].items() if count}
+    assert {source: m["records"] for source, m in quality["sources"].items()} == {"all": len(records), **counts}
+    assert all(m["alignment_nll"] > 0 and 0 <= m["diversity"] <= 1 for m in quality["sources"].values())
+    training_sets = (report / "training_sets.csv").read_text().splitlines()
+    assert training_sets[0] == "rewrite,source,records,alignment_nll,diversity,distinct_2"
+    assert len(training_sets) == 1 + len(quality["sources"])
+    assert "## Training sets" in (report / "results.md").read_text()
 
     # One offline W&B run per stage and evaluated model, and one for the comparison table.
     for stage in ("rewrite", "train", "eval/run", "eval/base", "eval"):
@@ -104,6 +114,8 @@ def test_analysis_notebook_runs_on_the_report(smoke_pipeline) -> None:
     assert len(images) == 5
     summary = next(cell for cell in code_cells if "summary_table" in cell.source)
     assert "run" in summary.outputs[0]["data"]["text/plain"]
+    measured = next(cell for cell in code_cells if "training_sets" in cell.source)
+    assert "alignment_nll" in measured.outputs[0]["data"]["text/plain"]
 
 
 def test_rewrite_app_skips_bad_records_when_not_strict(tmp_path: Path) -> None:

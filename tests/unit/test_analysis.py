@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mindgap.pipeline.analysis import Report, plot_weight_statistics_by_source, seed_values
-from mindgap.pipeline.study import composition, paired_differences
+from mindgap.pipeline.study import composition, paired_differences, training_sets
 
 
 def _report() -> Report:
@@ -26,7 +26,7 @@ def _report() -> Report:
         rows.append(["SFT", step, "is/expert/weight_var", 0.0])
     training = pd.DataFrame(rows, columns=["variant", "step", "metric", "value"])
     empty = pd.DataFrame()
-    return Report(Path("."), {"variants": variants}, empty, training, empty, empty)
+    return Report(Path("."), {"variants": variants}, empty, training, empty, empty, empty)
 
 
 def test_each_source_panel_holds_the_is_variants_that_have_records_of_it() -> None:
@@ -51,8 +51,13 @@ def _seed_report(seed: int, values: dict[tuple[str, str], float]) -> Report:
         [["none", "expert", 256], ["mind_the_gap", "expert", 100 + seed], ["mind_the_gap", "self", 156 - seed]],
         columns=["rewrite", "source", "count"],
     )
+    # Seed s: the rewritten set's self records have alignment NLL 0.1 * (s + 1).
+    training_sets = pd.DataFrame(
+        [["mind_the_gap", "self", 156 - seed, 0.1 * (seed + 1), 0.02, 0.5], ["none", "expert", 256, 2.0, 0.01, 0.3]],
+        columns=["rewrite", "source", "records", "alignment_nll", "diversity", "distinct_2"],
+    )
     empty = pd.DataFrame()
-    return Report(Path("."), {"seed": seed, "variants": []}, results, empty, empty, composition)
+    return Report(Path("."), {"seed": seed, "variants": []}, results, empty, empty, composition, training_sets)
 
 
 def test_paired_differences_are_taken_within_each_seed() -> None:
@@ -69,3 +74,6 @@ def test_paired_differences_are_taken_within_each_seed() -> None:
     assert row["ci_high"] - row["mean"] == pytest.approx(4.303 * 15 / 3**0.5, rel=1e-4)
     assert (row["positive"], row["seeds"], row["per_seed"]) == (2, 3, "+20.0 +5.0 -10.0")
     assert composition(reports).loc["mind_the_gap"].tolist() == [101.0, 155.0]
+    measured = training_sets(reports)
+    assert measured.loc[("mind_the_gap", "self")].tolist() == pytest.approx([155.0, 0.2, 0.02, 0.5])
+    assert measured.loc[("none", "expert"), "alignment_nll"] == pytest.approx(2.0)

@@ -17,6 +17,7 @@ VARIANTS_JSON = "variants.json"
 TRAINING_CSV = "training_metrics.csv"
 LOGPROBS_CSV = "token_logprobs.csv"
 COMPOSITION_CSV = "composition.csv"
+TRAINING_SETS_CSV = "training_sets.csv"
 FIGURES_DIR = "figures"
 # The training curves drawn per variant: the importance weights' spread and effective sample size.
 WEIGHT_CURVES = ("is/all/weight_var", "is/all/ess")
@@ -37,6 +38,8 @@ class Report:
     token_logprobs: pd.DataFrame
     # rewrite, source, count.
     composition: pd.DataFrame
+    # rewrite, source (and "all"), records, alignment_nll, diversity, distinct_2 (mindgap.pipeline.rewrite_quality).
+    training_sets: pd.DataFrame
 
     @property
     def headline_metric(self) -> str:
@@ -52,6 +55,7 @@ def load_report(directory: Path | str) -> Report:
         pd.read_csv(directory / TRAINING_CSV),
         pd.read_csv(directory / LOGPROBS_CSV),
         pd.read_csv(directory / COMPOSITION_CSV),
+        pd.read_csv(directory / TRAINING_SETS_CSV),
     )
 
 

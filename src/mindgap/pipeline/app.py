@@ -64,6 +64,7 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
     """
     from mindgap.models.resolve import resolve_model_path
     from mindgap.pipeline.report import BASE_LABEL, TrainedVariant, write_report
+    from mindgap.pipeline.rewrite_quality import dataset_quality
 
     variants = variants_of(config)
     _check_launch(config, variants)
@@ -91,6 +92,8 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
         # A multi-process training run re-runs the app in each extra process; only rank zero evaluates.
         return float("nan")
 
+    for dataset in datasets.values():
+        dataset_quality(config, dataset)
     labels = [variant.name for variant in variants]
     models = [str(item.model_dir) for item in trained]
     if config.pipeline.evaluate_base:

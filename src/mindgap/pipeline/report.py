@@ -25,10 +25,12 @@ from mindgap.pipeline.analysis import (
     RESULTS_CSV,
     RESULTS_MD,
     TRAINING_CSV,
+    TRAINING_SETS_CSV,
     VARIANTS_JSON,
     write_figures,
 )
 from mindgap.pipeline.config import VariantConfig
+from mindgap.pipeline.rewrite_quality import QUALITY_JSON, QUALITY_MEASURES
 from mindgap.rewriting.run import MANIFEST
 from mindgap.training.app import STEP_METRICS
 
@@ -77,8 +79,38 @@ def write_report(config: MindgapConfig, trained: list[TrainedVariant], eval_dir:
             for source, count in json.loads((dataset.parent / MANIFEST).read_text())["counts_per_source"].items()
         ],
     )
+    training_sets = [
+        [rewrite, source, *(measures[name] for name in QUALITY_MEASURES)]
+        for rewrite, dataset in datasets.items()
+        for source, measures in json.loads((dataset.parent / QUALITY_JSON).read_text())["sources"].items()
+    ]
+    _write_rows(report_dir / TRAINING_SETS_CSV, ["rewrite", "source", *QUALITY_MEASURES], training_sets)
+    with (report_dir / RESULTS_MD).open("a") as handle:
+        handle.write("\n" + _training_sets_markdown(training_sets))
     write_figures(report_dir)
     return found
+
+
+def _training_sets_markdown(rows: list[list[Any]]) -> str:
+    return (
+        "\n".join(
+            [
+                "## Training sets",
+                "",
+                "Alignment: mean per-token NLL of the responses under the initial model given the question alone"
+                " (lower is closer). Diversity: mean cosine distance between the responses' embeddings under it."
+                " Distinct-2: share of distinct word bigrams.",
+                "",
+                "| rewrite | source | records | alignment NLL | diversity | distinct-2 |",
+                "|---|---|---:|---:|---:|---:|",
+                *(
+                    f"| {rewrite} | {source} | {records} | {nll:.3f} | {diversity:.4f} | {distinct:.3f} |"
+                    for rewrite, source, records, nll, diversity, distinct in rows
+                ),
+            ]
+        )
+        + "\n"
+    )
 
 
 def findings(sections: dict[str, Comparison], against_base: dict[str, Comparison], trained: list[str]) -> list[str]:

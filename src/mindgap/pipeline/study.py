@@ -4,7 +4,8 @@
 multirun) and writes ``<dir>/summary/``: the seed table (mean and 95% t-interval over seeds of each
 variant's target and forgetting means), the paired differences the papers' claims rest on (each
 difference taken within a seed, then its mean, interval and the seeds in which it is positive), the
-training sets' composition per rewrite strategy, ``study.md`` with all three, and ``accuracy.png``.
+training sets' composition per rewrite strategy and their alignment and diversity per source, ``study.md``
+with all four, and ``accuracy.png``.
 The notebook reads the same reports (``MINDGAP_REPORTS``, printed at the end).
 """
 
@@ -68,6 +69,13 @@ def composition(reports: list[Report]) -> pd.DataFrame:
     return table.fillna(0).round(1)
 
 
+def training_sets(reports: list[Report]) -> pd.DataFrame:
+    """Alignment NLL, diversity and distinct-2 of each training set per source, mean over seeds."""
+    frames = [report.training_sets.assign(seed=report.variants["seed"]) for report in reports]
+    table = pd.concat(frames).groupby(["rewrite", "source"], sort=False)
+    return table[["records", "alignment_nll", "diversity", "distinct_2"]].mean().round(4)
+
+
 def plot_seed_means(values: pd.DataFrame, path: Path) -> None:
     variants = list(dict.fromkeys(values["variant"]))
     groups = list(dict.fromkeys(values["group"]))
@@ -111,9 +119,11 @@ def write_study(study_dir: Path, directories: list[Path]) -> str:
     out = study_dir / SUMMARY_DIR
     out.mkdir(parents=True, exist_ok=True)
     seeds, pairs, sources = seed_table(reports), paired_differences(values), composition(reports)
+    measured_sets = training_sets(reports)
     seeds.to_csv(out / "seed_table.csv")
     pairs.to_csv(out / "paired_differences.csv", index=False)
     sources.to_csv(out / "composition.csv")
+    measured_sets.to_csv(out / "training_sets.csv")
     values.to_csv(out / "seed_values.csv", index=False)
     plot_seed_means(values, out / "accuracy.png")
     intervals = zip(pairs.get("mean", []), pairs.get("ci_low", []), pairs.get("ci_high", []), strict=True)
@@ -124,7 +134,9 @@ def write_study(study_dir: Path, directories: list[Path]) -> str:
         f"## Accuracy (percent, mean ± 95% t-interval over seeds)\n\n{markdown_table(seeds)}\n\n"
         f"## Paired differences (points, within seed)\n\n"
         f"{markdown_table(shown[columns], index=False) if len(pairs) else 'no pair of variants to compare'}\n\n"
-        f"## Training-set composition (records per source, mean over seeds)\n\n{markdown_table(sources)}\n"
+        f"## Training-set composition (records per source, mean over seeds)\n\n{markdown_table(sources)}\n\n"
+        "## Training sets' alignment (NLL under the initial model given the question alone) and diversity,"
+        f" mean over seeds\n\n{markdown_table(measured_sets.reset_index(), index=False)}\n"
     )
     (out / "study.md").write_text(summary)
     return summary

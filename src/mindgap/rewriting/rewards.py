@@ -132,7 +132,8 @@ class RewardScorer:
     models, none for Qwen). The NLL of a rewrite is its mean per-token NLL after ALIGNMENT_SCAFFOLD(question),
     scaffold and rewrite tokenised as one string and the rewrite's tokens being those past the scaffold's
     own tokenisation. Its embedding is the mean of the last hidden states over the rewrite tokenised alone.
-    Both are computed for the rewrites that pass the gate only: the others' terms are 0 anyway.
+    Both are computed for the rewrites that pass the gate only: the others' terms are 0 anyway. Without a
+    verifier only ``nll_and_embeddings`` works (the pipeline's report measures its training sets so).
     """
 
     def __init__(
@@ -140,7 +141,7 @@ class RewardScorer:
         model: ModelSource | str,
         dtype: str,
         tokenizer: PreTrainedTokenizerBase,
-        verifier: BatchVerifier,
+        verifier: BatchVerifier | None,
         batch_size: int,
         use_validity_judge: bool = False,
         device: str | None = None,
@@ -174,6 +175,8 @@ class RewardScorer:
         diversity_weight: float,
     ) -> GroupRewards:
         """Rewards of ``rewrites`` (consecutive groups of ``group_size``), with their problems and gold answers."""
+        if self.verifier is None:
+            raise ValueError("RewardScorer.score needs the verifier of the gate; this scorer was built without one")
         verdicts = self.verifier.verify(list(rewrites), list(answers))
         correct = [verdict.correct and bool(text.strip()) for verdict, text in zip(verdicts, rewrites, strict=True)]
         valid = None
