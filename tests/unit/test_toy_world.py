@@ -18,9 +18,9 @@ from mindgap.rewriting.copy_filter import copy_reason
 from mindgap.rewriting.expert import normalize_expert_solution
 from mindgap.toy.config import ToyDataConfig, ToyDistributionConfig, ToyWorldConfig
 from mindgap.toy.problems import (
+    AMBIGUOUS_VERB,
     GAIN,
     GAIN_GROUPS,
-    LEXICON,
     LOSE,
     LOSE_GROUPS,
     NOVEL_VERBS,
@@ -117,9 +117,11 @@ _CHANGES = [
     (re.compile(rf"gives {_NUMBER} friends {_NUMBER} \w+ each\.$"), lambda c, s: -c * s),
     (re.compile(rf"sells {_NUMBER} \w+ for {_NUMBER} dollars each\.$"), lambda c, p: c * p),
     (re.compile(rf"buys {_NUMBER} \w+ for {_NUMBER} dollars each\.$"), lambda c, p: -c * p),
-    # The target's own verbs (novel_share > 0).
-    (re.compile(rf"(?:collects|wins) {_NUMBER} \w+\.$"), lambda a: a),
-    (re.compile(rf"(?:drops|pays) {_NUMBER} \w+\.$"), lambda a: -a),
+    # The novel wording (novel_share > 0): items bought and sold, dollars found and lost.
+    (re.compile(rf"buys {_NUMBER} (?!dollars)\w+\.$"), lambda a: a),
+    (re.compile(rf"sells {_NUMBER} (?!dollars)\w+\.$"), lambda a: -a),
+    (re.compile(rf"finds {_NUMBER} dollars\.$"), lambda a: a),
+    (re.compile(rf"loses {_NUMBER} dollars\.$"), lambda a: -a),
 ]
 
 
@@ -221,29 +223,47 @@ def test_limit_and_world_overrides(tmp_path) -> None:
     assert len(list((tmp_path / "toy").iterdir())) == 1
 
 
-def _verbs(problems: list[ToyProblem]) -> set[str]:
-    return {event.sentence.split()[2] for problem in problems for event in problem.events}
+def _phrasings(problems: list[ToyProblem]) -> set[tuple[str, str]]:
+    """(family, verb) of every event: the verb is the sentence's third word ("First, she buys ...")."""
+    return {(problem.family, event.sentence.split()[2]) for problem in problems for event in problem.events}
 
 
-def test_novel_verbs_only_where_asked_and_the_rest_unchanged() -> None:
-    novel = {verb for family in NOVEL_VERBS.values() for verb in family.values()}
+NOVEL = {(family, verb) for family, verbs in NOVEL_VERBS.items() for verb in verbs.values()}
+
+
+def test_novel_wording_only_where_asked_and_the_rest_unchanged() -> None:
     spec = ToyDistributionConfig(steps=[2, 3, 4])
     plain = [draw_problem(spec, random.Random(seed)) for seed in range(300)]
-    assert not _verbs(plain) & novel
-    # The pretraining corpus and the tokenizer's lexicon never hold them.
-    assert not _verbs(split_problems(WORLD, "pretraining", 400)) & novel
-    assert not set(LEXICON.split()) & novel
+    assert not _phrasings(plain) & NOVEL
+    # The pretraining corpus never tells them.
+    assert not _phrasings(split_problems(WORLD, "pretraining", 400)) & NOVEL
     told = [draw_problem(dataclasses.replace(spec, novel_share=0.5), random.Random(seed)) for seed in range(300)]
-    plain_events = [e for p in told for e in p.events if e.kind in (GAIN, LOSE)]
-    share = sum(e.sentence.split()[2] in novel for e in plain_events) / len(plain_events)
+    plain_events = [(p.family, e) for p in told for e in p.events if e.kind in (GAIN, LOSE)]
+    share = sum((family, e.sentence.split()[2]) in NOVEL for family, e in plain_events) / len(plain_events)
     assert 0.4 < share < 0.6
-    # Every verb of each family, its sign as the structure says; the gold answer as the text says.
-    assert _verbs(told) >= novel
+    # Every new phrasing occurs, each with the sign the structure says (items bought are gained).
+    assert _phrasings(told) >= NOVEL
     assert all(_answer_from_text(p.text) == p.answer for p in told)
     # With share 0 no number is drawn for the wording: the same 300 problems as before the field existed.
     assert hashlib.sha256("\n".join(p.text for p in plain).encode()).hexdigest()[:16] == "673d640320efad07"
     with pytest.raises(ConfigError, match="novel_share"):
         ToyDistributionConfig(novel_share=1.5)
+
+
+def test_trades_go_either_way_and_only_the_worked_solution_tells() -> None:
+    spec = ToyDistributionConfig(steps=[2, 3, 4], ambiguous_share=0.5)
+    problems = [draw_problem(spec, random.Random(seed)) for seed in range(300)]
+    plain_events = [e for p in problems for e in p.events if e.kind in (GAIN, LOSE)]
+    trades = [e for e in plain_events if e.sentence.split()[2] == AMBIGUOUS_VERB]
+    assert 0.4 < len(trades) / len(plain_events) < 0.6
+    assert 0.3 < sum(e.is_gain for e in trades) / len(trades) < 0.7
+    # The problem text says the same for a gain and a loss of the same amount; the expert solution differs.
+    gain = next(p for p in problems if any(e.is_gain and e.sentence.split()[2] == AMBIGUOUS_VERB for e in p.events))
+    event = next(e for e in gain.events if e.is_gain and e.sentence.split()[2] == AMBIGUOUS_VERB)
+    assert f"+ {event.size} =" in expert_solution(gain) and "trades" not in expert_solution(gain)
+    assert not _phrasings(problems) & NOVEL
+    with pytest.raises(ConfigError, match="novel_share \\+ ambiguous_share"):
+        ToyDistributionConfig(novel_share=0.6, ambiguous_share=0.6)
 
 
 def test_bad_toy_configs_fail_with_the_key() -> None:

@@ -34,10 +34,15 @@ class ToyDistributionConfig:
     max_start: int = 15
     # Largest running total: an event that would pass it is drawn as a loss instead.
     max_value: int = 30
-    # Share of plain gains and losses told with a verb of the distribution's own (problems.NOVEL_VERBS)
-    # that no other distribution uses: a skill (which verb adds, which takes away) that only data
-    # told this way can teach. 0 keeps every draw of the distribution as it was without it.
+    # Share of plain gains and losses told with the distribution's own wording (problems.NOVEL_VERBS:
+    # items bought and sold, dollars found and lost), which no other distribution uses: a skill (the
+    # sign depends on what is counted) that only data told this way can teach. 0 keeps every draw of
+    # the distribution as it was without it.
     novel_share: float = 0.0
+    # Share of plain gains and losses told as trades ("she trades 5 marbles"), each a gain or a loss at
+    # random, so that only a worked solution tells which: in the distribution of the pretraining
+    # examples that show one (world.hinted), they teach the model to take its signs from the reference.
+    ambiguous_share: float = 0.0
 
     def __post_init__(self) -> None:
         for family in self.families:
@@ -55,8 +60,11 @@ class ToyDistributionConfig:
                 raise ConfigError(f"toy distribution {name}={getattr(self, name)} must be >= 2")
         if self.max_value < self.max_start:
             raise ConfigError("toy distribution max_value must be >= max_start")
-        if not 0 <= self.novel_share <= 1:
-            raise ConfigError(f"toy distribution novel_share={self.novel_share} must be in [0, 1]")
+        for name in ("novel_share", "ambiguous_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"toy distribution {name}={getattr(self, name)} must be in [0, 1]")
+        if self.novel_share + self.ambiguous_share > 1:
+            raise ConfigError("toy distribution: novel_share + ambiguous_share must be at most 1")
 
 
 @dataclass

@@ -31,14 +31,20 @@ ORDINALS = ["First", "Second", "Third", "Fourth", "Fifth", "Sixth", "Seventh", "
 # that only the harder target problems use (the fifth event, say).
 LEXICON = " ".join([*ORDINALS, *(name for name, *_ in PEOPLE), *ITEMS, *CONTAINERS, *THINGS])
 
-# The verbs of the plain gains and losses that only a distribution with novel_share > 0 tells, by
-# family: never in the pretraining corpus nor in the tokenizer's lexicon, so the toy model meets
-# them as unknown pieces of words and must learn from the fine-tuning set which way they count.
+# The wording of the plain gains and losses that only a distribution with novel_share > 0 tells: known
+# words in a role the pretraining never gives them. Items are bought (a gain) and sold (a loss), the
+# reverse of what buying and selling do to dollars; dollars are found and lost, as items are. The sign
+# now depends on what is counted, a skill only data told this way can teach; the words themselves are
+# ones the toy model already reads and retells (unseen words it cannot retell at all, and learning to
+# costs it the rest: README, the toy world's calibration).
 NOVEL_VERBS = {
-    "inventory": {GAIN: "collects", LOSE: "drops"},
-    "packs": {GAIN: "collects", LOSE: "drops"},
-    "money": {GAIN: "wins", LOSE: "pays"},
+    "inventory": {GAIN: "buys", LOSE: "sells"},
+    "packs": {GAIN: "buys", LOSE: "sells"},
+    "money": {GAIN: "finds", LOSE: "loses"},
 }
+
+# The verb of a trade (ambiguous_share > 0): a gain or a loss that only a worked solution tells apart.
+AMBIGUOUS_VERB = "trades"
 
 # Which event kinds each family tells, and the unit it counts.
 FAMILY_EVENTS = {
@@ -118,13 +124,17 @@ def _clause(
     amount: int,
     count: int,
     noun: str,
-    novel_share: float,
+    spec: ToyDistributionConfig,
     rng: random.Random,
 ) -> str:
     he = person.pronoun
-    # Without novel verbs no number is drawn here, so such a distribution draws what it always did.
-    if kind in NOVEL_VERBS[family] and novel_share > 0 and rng.random() < novel_share:
-        return f"{he} {NOVEL_VERBS[family][kind]} {amount} {unit}"
+    # Without novel or ambiguous wording no number is drawn here: such a distribution draws what it always did.
+    if kind in (GAIN, LOSE) and spec.novel_share + spec.ambiguous_share > 0:
+        roll = rng.random()
+        if roll < spec.novel_share:
+            return f"{he} {NOVEL_VERBS[family][kind]} {amount} {unit}"
+        if roll < spec.novel_share + spec.ambiguous_share:
+            return f"{he} {AMBIGUOUS_VERB} {amount} {unit}"
     # A verb means a gain or a loss in every family, so the sign never depends on what is counted.
     if family == "money":
         options = {
@@ -166,7 +176,7 @@ def _draw_event(
             noun = "friends"
         elif kind in (GAIN_GROUPS, LOSE_GROUPS):
             noun = rng.choice(THINGS)
-        clause = _clause(kind, family, person, unit, amount, count, noun, spec.novel_share, rng)
+        clause = _clause(kind, family, person, unit, amount, count, noun, spec, rng)
         sentence = f"{ORDINALS[position]}, {clause}."
         return Event(kind=kind, amount=amount, count=count, group_noun=noun, sentence=sentence)
 
