@@ -12,9 +12,10 @@ from hydra import compose, initialize_config_dir
 from mindgap.config import EvalAppConfig, register_configs, to_typed
 from mindgap.data.sources import data_config, load_problems
 from mindgap.errors import ConfigError
-from mindgap.evaluation.benchmarks import load_benchmarks
+from mindgap.evaluation.benchmarks import benchmark_configs, load_benchmarks
 from mindgap.evaluation.config import PAPER_BENCHMARKS
 from mindgap.paths import CONFIG_DIR
+from mindgap.toy.world import split_problems
 
 
 def eval_config(*overrides: str) -> EvalAppConfig:
@@ -71,6 +72,21 @@ def test_four_problems_of_each_benchmark() -> None:
 def test_benchmarks_null_evaluates_the_data_config() -> None:
     (benchmark,) = load_benchmarks(eval_config("eval.benchmarks=null", "data=amc23", "data.limit=2"))
     assert (benchmark.name, len(benchmark.problems)) == ("amc23", 2)
+
+
+def test_toy_benchmarks_follow_the_world_of_the_toy_training_data(tmp_path: Path) -> None:
+    # Before: toy_test kept the default world, so a target override trained on one distribution and tested on another.
+    overrides = ["experiment=demo", "data.toy.world.target.novel_share=0.6", "data.toy.world.target.steps=[2,3,4]"]
+    config = eval_config(*overrides, f"cache_dir={tmp_path}", "eval.limit=8")
+    test, forgetting = benchmark_configs(config)
+    assert test.toy.world == forgetting.toy.world == config.data.toy.world
+    assert (test.toy.world.target.novel_share, test.toy.size) == (0.6, data_config("toy_test").toy.size)
+    target_test, _ = load_benchmarks(config)
+    expected = split_problems(config.data.toy.world, "target_test", 8)
+    assert [problem.problem for problem in target_test.problems] == [problem.text for problem in expected]
+    # Data that is not a toy split leaves the benchmarks as their configs say.
+    (untouched,) = benchmark_configs(eval_config("data=gsm8k_train", "eval.benchmarks=[toy_test]"))
+    assert untouched == data_config("toy_test")
 
 
 def test_empty_benchmark_list_is_refused() -> None:

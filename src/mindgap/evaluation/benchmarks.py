@@ -26,11 +26,22 @@ class Benchmark:
 
 
 def benchmark_configs(config: MindgapConfig) -> list[DataConfig]:
-    """The data configs ``eval.benchmarks`` names (a name equal to ``data.name`` takes the ``data`` config)."""
+    """The data configs ``eval.benchmarks`` names (a name equal to ``data.name`` takes the ``data`` config).
+
+    A toy benchmark is drawn from the world of the toy data the run trains on, so that an override of
+    ``data.toy.world`` (its target distribution, say) moves the test sets with the fine-tuning set.
+    """
     names = config.eval.benchmarks
     if names is None:
         return [config.data]
-    return [config.data if name == config.data.name else data_config(name) for name in names]
+    configs = [config.data if name == config.data.name else data_config(name) for name in names]
+    if config.data.toy is None:
+        return configs
+    world = config.data.toy.world
+    return [
+        dataclasses.replace(data, toy=dataclasses.replace(data.toy, world=world)) if data.toy is not None else data
+        for data in configs
+    ]
 
 
 def load_benchmarks(config: MindgapConfig) -> list[Benchmark]:
