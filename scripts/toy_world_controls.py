@@ -51,8 +51,8 @@ def compose_config(app: str, overrides: list[str]) -> MindgapConfig:
     return to_typed(cfg, MindgapConfig)
 
 
-def accuracy(eval_dir: Path, label: str, benchmark: str) -> float:
-    results = json.loads((eval_dir / label / "results.json").read_text())
+def accuracy(results_dir: Path, benchmark: str) -> float:
+    results = json.loads((results_dir / "results.json").read_text())
     return 100 * results["benchmarks"][benchmark]["avg@1"]
 
 
@@ -61,15 +61,20 @@ def sft_control(name: str, settings: list[str], overrides: list[str], directory:
 
     The control's own ``settings`` come after the user's ``overrides``, so that they hold.
     """
+    from mindgap.evaluation.run import results_dir_of
     from mindgap.pipeline.app import EVAL_DIR, pipeline
 
     variant = f"pipeline.variants=[{{name: {name}, rewrite: none, loss: {{name: sft}}}}]"
-    config = compose_config("pipeline", [*overrides, variant, *settings, f"output_dir={directory}"])
+    # The control is its own baseline unless its settings name another (the oracle's: the initial model).
+    baseline = f"pipeline.baseline={name}"
+    config = compose_config("pipeline", [*overrides, variant, baseline, *settings, f"output_dir={directory}"])
     pipeline(config, directory)
     labels = [name, "base"] if config.pipeline.evaluate_base else [name]
     benchmarks = {"target": "toy_test", "forgetting": "toy_forgetting"}
+    # One evaluated model (the expert-scale control) writes its results into eval/ itself.
+    results = {label: results_dir_of(directory / EVAL_DIR, label, len(labels) > 1) for label in labels}
     return {
-        label: {group: accuracy(directory / EVAL_DIR, label, benchmark) for group, benchmark in benchmarks.items()}
+        label: {group: accuracy(results[label], benchmark) for group, benchmark in benchmarks.items()}
         for label in labels
     }
 

@@ -71,9 +71,8 @@ def composition(reports: list[Report]) -> pd.DataFrame:
 
 def training_sets(reports: list[Report]) -> pd.DataFrame:
     """Alignment NLL, diversity and distinct-2 of each training set per source, mean over seeds."""
-    frames = [report.training_sets.assign(seed=report.variants["seed"]) for report in reports]
-    table = pd.concat(frames).groupby(["rewrite", "source"], sort=False)
-    return table[["records", "alignment_nll", "diversity", "distinct_2"]].mean().round(4)
+    frames = pd.concat([report.training_sets for report in reports])
+    return frames.groupby(["rewrite", "source"], sort=False).mean().round(4)
 
 
 def plot_seed_means(values: pd.DataFrame, path: Path) -> None:
