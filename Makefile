@@ -44,9 +44,11 @@ demo: env
 	$(BIN)/mindgap-pipeline experiment=demo output_dir=$(DEMO_DIR)
 
 # The toy world's study: the eight variants over five seeds (one job per seed under $(STUDY_DIR)/<n>),
-# then the seed table with paired differences, the figures and the notebook's inputs.
+# the oracle control over the same seeds ($(STUDY_DIR)/oracle/<n>), then the seed table with paired
+# differences, the figures and the notebook's inputs. Every job resumes where a killed one stopped.
 study: env
 	$(BIN)/mindgap-pipeline -m experiment=study +sweep=seeds output_dir=$(STUDY_DIR)
+	$(BIN)/mindgap-pipeline -m experiment=study_oracle +sweep=seeds output_dir=$(STUDY_DIR)/oracle
 	$(BIN)/python -m mindgap.pipeline.study $(STUDY_DIR)
 
 # One worker per core, a test file per worker (module fixtures such as a vLLM engine start once), the

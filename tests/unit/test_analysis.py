@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mindgap.pipeline.analysis import Report, plot_weight_statistics_by_source, seed_values
-from mindgap.pipeline.study import composition, paired_differences, training_sets
+from mindgap.pipeline.study import composition, paired_differences, report_dirs, training_sets
 
 
 def _report() -> Report:
@@ -44,7 +44,7 @@ def test_each_source_panel_holds_the_is_variants_that_have_records_of_it() -> No
     assert list(expert_variance) == [40.0, 40.0, 40.0]
 
 
-def _seed_report(seed: int, values: dict[tuple[str, str], float]) -> Report:
+def _seed_report(seed: int, values: dict[tuple[str, str], float], data: str = "toy_train") -> Report:
     rows = [[group, variant, "avg@1", "mean", value] for (variant, group), value in values.items()]
     results = pd.DataFrame(rows, columns=["group", "variant", "metric", "benchmark", "value"])
     composition = pd.DataFrame(
@@ -57,7 +57,8 @@ def _seed_report(seed: int, values: dict[tuple[str, str], float]) -> Report:
         columns=["rewrite", "source", "records", "alignment_nll", "diversity", "distinct_2"],
     )
     empty = pd.DataFrame()
-    return Report(Path("."), {"seed": seed, "variants": []}, results, empty, empty, composition, training_sets)
+    variants = {"seed": seed, "data": data, "variants": []}
+    return Report(Path("."), variants, results, empty, empty, composition, training_sets)
 
 
 def test_paired_differences_are_taken_within_each_seed() -> None:
@@ -77,3 +78,21 @@ def test_paired_differences_are_taken_within_each_seed() -> None:
     measured = training_sets(reports)
     assert measured.loc[("mind_the_gap", "self")].tolist() == pytest.approx([155.0, 0.2, 0.02, 0.5])
     assert measured.loc[("none", "expert"), "alignment_nll"] == pytest.approx(2.0)
+
+
+def test_a_control_on_other_data_keeps_its_own_training_set_rows(tmp_path: Path) -> None:
+    # Two seeds of the study on toy_train, and the oracle control's runs on the native solutions: its raw
+    # ("none") set is another training set than the study's, so it gets its own rows, never their mean.
+    reports = [_seed_report(seed, {("SFT", "target"): 0.1, ("base", "target"): 0.2}) for seed in (0, 1)]
+    reports += [_seed_report(seed, {("oracle", "target"): 0.5}, data="toy_train_native") for seed in (0, 1)]
+    assert composition(reports).index.tolist() == ["mind_the_gap", "mind_the_gap (toy_train_native)", "none",
+                                                   "none (toy_train_native)"]  # fmt: skip
+    assert training_sets(reports).loc[("none (toy_train_native)", "expert"), "records"] == 256
+    pairs = paired_differences(seed_values(reports))
+    # oracle - base within each seed: 50 - 20 = +30 points.
+    assert pairs.set_index("comparison").loc["oracle - base", "mean"] == pytest.approx(30.0)
+    # The sweep's jobs and the control's, one directory below (make study's layout).
+    for job in ("0", "1", "oracle/0"):
+        (tmp_path / job / "report").mkdir(parents=True)
+        (tmp_path / job / "report" / "variants.json").write_text("{}")
+    assert report_dirs(tmp_path) == [tmp_path / "0" / "report", tmp_path / "1" / "report", tmp_path / "oracle/0/report"]

@@ -51,7 +51,7 @@ def test_examples_are_native_responses_under_the_apps_prompts() -> None:
     tokenizer = train_tokenizer(tokenizer_texts(spec), spec.vocab_size, split_digits=True)
     examples = pretraining_examples(spec, tokenizer)
     # Standard prompts take the pretraining distribution's problems in order, the guided and rewrite
-    # prompts the hinted distribution's (as hard as the target's, never a target problem).
+    # prompts the hinted distribution's (with trades, never a target problem).
     plain = iter(split_problems(spec.world, "pretraining", 200))
     hinted = iter(split_problems(spec.world, "hinted", 200))
     assert len(examples) == 200
@@ -71,7 +71,7 @@ def test_examples_are_native_responses_under_the_apps_prompts() -> None:
 
 
 def test_hints_from_pretraining_show_each_next_pretraining_problem() -> None:
-    spec = small_recipe(corpus_size=100, guided_share=0.5)
+    spec = small_recipe(corpus_size=100, guided_share=0.5, rewrite_share=0.0, hints_from="pretraining")
     tokenizer = train_tokenizer(tokenizer_texts(spec), spec.vocab_size, split_digits=True)
     examples = pretraining_examples(spec, tokenizer)
     problems = split_problems(spec.world, "pretraining", 100)

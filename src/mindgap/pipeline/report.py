@@ -184,6 +184,7 @@ def _variants_summary(config: MindgapConfig, trained: list[TrainedVariant]) -> d
     return {
         "experiment": config.experiment_name,
         "seed": config.seed,
+        "data": config.data.name,
         "baseline": config.eval.baseline,
         "forgetting_benchmarks": list(config.pipeline.forgetting_benchmarks),
         "variants": [

@@ -30,6 +30,7 @@ PAIRS = (
     ("SDFT+SFT", "SFT", ("target", "forgetting")),
     ("RL+SFT", "SFT", ("target", "forgetting")),
     ("DR+DFT", "base", ("target", "forgetting")),
+    ("oracle", "base", ("target", "forgetting")),
 )
 
 
@@ -62,16 +63,30 @@ def paired_differences(values: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _by_training_set(reports: list[Report], table: str) -> pd.DataFrame:
+    """The reports' ``table`` rows, with the seed, and the rewrite strategy named with its data where a run
+    trained on other data than most runs did (the oracle control's native solutions: "none (toy_train_native)")."""
+    datasets = [report.variants.get("data") for report in reports]
+    usual = max(dict.fromkeys(datasets), key=datasets.count)  # a tie goes to the first runs (the sweep's)
+    frames = []
+    for report, data in zip(reports, datasets, strict=True):
+        frame = getattr(report, table).assign(seed=report.variants["seed"])
+        if data != usual:
+            frame = frame.assign(rewrite=frame["rewrite"] + f" ({data})")
+        frames.append(frame)
+    return pd.concat(frames)
+
+
 def composition(reports: list[Report]) -> pd.DataFrame:
     """Records per source of each rewrite strategy's training set, mean over seeds."""
-    frames = [report.composition.assign(seed=report.variants["seed"]) for report in reports]
-    table = pd.concat(frames).pivot_table(index="rewrite", columns="source", values="count", aggfunc="mean")
+    frames = _by_training_set(reports, "composition")
+    table = frames.pivot_table(index="rewrite", columns="source", values="count", aggfunc="mean")
     return table.fillna(0).round(1)
 
 
 def training_sets(reports: list[Report]) -> pd.DataFrame:
     """Alignment NLL, diversity and distinct-2 of each training set per source, mean over seeds."""
-    frames = pd.concat([report.training_sets for report in reports])
+    frames = _by_training_set(reports, "training_sets").drop(columns="seed")
     return frames.groupby(["rewrite", "source"], sort=False).mean().round(4)
 
 
@@ -105,7 +120,9 @@ def markdown_table(frame: pd.DataFrame, index: bool = True) -> str:
 
 
 def report_dirs(study_dir: Path) -> list[Path]:
-    found = sorted(path.parent for path in study_dir.glob("*/report/variants.json"))
+    """Every ``report/`` under ``study_dir``: one per job of the sweep, and of any control swept beside it
+    (``make study`` puts the oracle control's jobs under ``<study_dir>/oracle/<n>``)."""
+    found = sorted(path.parent for path in study_dir.rglob("report/variants.json"))
     if not found:
         raise FileNotFoundError(f"{study_dir}: no <job>/report/variants.json (run the sweep first)")
     return found

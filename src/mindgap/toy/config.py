@@ -69,24 +69,29 @@ class ToyDistributionConfig:
 
 @dataclass
 class ToyWorldConfig:
-    """The synthetic world of the CPU demo (mindgap.toy): an easy pretraining and a harder target distribution."""
+    """The synthetic world of the CPU demo (mindgap.toy): a pretraining and a target distribution."""
 
     # Seed of every draw: the problems of each split and the pretraining corpus.
     seed: int = 0
-    # The easier distribution the toy model is pretrained on (native style), and the forgetting set's.
+    # The distribution the toy model is pretrained on (native style), and the forgetting set's.
     pretraining: ToyDistributionConfig = field(
         default_factory=lambda: ToyDistributionConfig(steps=[1, 2, 3, 4], step_weights=[2.0, 3.0, 3.0, 2.0])
     )
-    # The harder distribution of the fine-tuning set (expert style) and of its held-out test set: more
-    # steps and bigger numbers. It does not change the model (it is not part of the model's fingerprint).
-    target: ToyDistributionConfig = field(
-        default_factory=lambda: ToyDistributionConfig(steps=[3, 4, 5], max_start=25, max_value=40)
-    )
+    # The distribution of the fine-tuning set (expert style) and of its held-out test set: problems no
+    # longer than the pretraining ones, 60% of whose plain gains and losses are told in the target's own
+    # wording (items bought and sold, dollars found and lost), a sign rule only the fine-tuning set
+    # teaches (README: the toy world v2's calibration). It does not change the model (it is not part of
+    # the model's fingerprint).
+    target: ToyDistributionConfig = field(default_factory=lambda: ToyDistributionConfig(novel_share=0.6))
     # The distribution of the pretraining examples that show an expert-style solution (the guided and
-    # rewrite prompts) when model.toy.pretraining.hints_from=hinted: by default as hard as the target,
-    # drawn from the pretraining part of the problem space (never a target problem).
+    # rewrite prompts) when model.toy.pretraining.hints_from=hinted: the pretraining distribution with
+    # half of its plain events told as trades, whose direction only the shown solution tells, so that
+    # the model learns to take its signs from a reference; drawn from the pretraining part of the
+    # problem space (never a target problem).
     hinted: ToyDistributionConfig = field(
-        default_factory=lambda: ToyDistributionConfig(steps=[3, 4, 5], max_start=25, max_value=40)
+        default_factory=lambda: ToyDistributionConfig(
+            steps=[1, 2, 3, 4], step_weights=[2.0, 3.0, 3.0, 2.0], ambiguous_share=0.5
+        )
     )
     # Share of all problem texts (by a hash of the text) that no training set ever contains: the
     # target test set and the forgetting set are drawn from it alone.
@@ -124,10 +129,10 @@ class ToyPretrainingConfig:
     guided_share: float = 0.25
     # Share of examples that show it under the rewrite prompt (rewrite it in your own words); the
     # rest use the standard prompt. All are answered with the native-style solution.
-    rewrite_share: float = 0.0
+    rewrite_share: float = 0.15
     # The problems the guided and rewrite examples show: pretraining (drawn as the others) | hinted
     # (world.hinted: problems the model cannot solve alone, so that it learns to read the reference).
-    hints_from: str = "pretraining"
+    hints_from: str = "hinted"
     # Optimiser steps.
     steps: int = 1600
     # Examples per step.

@@ -1,13 +1,13 @@
 """The toy world's model: a small Qwen2-architecture LM pretrained here, on CPU, cached by recipe hash.
 
-The model learns the *native* style: each example is a problem of the easier pretraining
+The model learns the *native* style: each example is a problem of the pretraining
 distribution under the standard prompt, or (a ``guided_share`` of them) a problem shown with its
 expert-style solution under the guided re-solve prompt, or (a ``rewrite_share``) one under the
 rewrite prompt that asks for the shown solution in the model's own words, as instruction-tuned
 models have seen paraphrasing; every example is answered with the native-style solution. The
-shown problems are drawn as the others, or (``pretraining.hints_from=hinted``) from the harder
-``world.hinted`` distribution, problems the model cannot solve alone, so that it learns to read
-the reference.
+shown problems are drawn as the others, or (``pretraining.hints_from=hinted``, the default) from
+the ``world.hinted`` distribution, problems the model cannot solve alone (trades, whose direction
+only the reference tells), so that it learns to read the reference.
 Prompts are rendered by ``mindgap.prompts`` for the recipe's prompt type, exactly as the apps
 render them, and the loss covers the response tokens only.
 """

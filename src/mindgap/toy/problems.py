@@ -28,7 +28,7 @@ THINGS = ["books", "pens", "toys"]
 ORDINALS = ["First", "Second", "Third", "Fourth", "Fifth", "Sixth", "Seventh", "Eighth", "Ninth", "Tenth"]
 
 # Every proper noun and ordinal a problem can use: the tokenizer learns them all, including those
-# that only the harder target problems use (the fifth event, say).
+# that only longer problems use (the fifth event, say).
 LEXICON = " ".join([*ORDINALS, *(name for name, *_ in PEOPLE), *ITEMS, *CONTAINERS, *THINGS])
 
 # The wording of the plain gains and losses that only a distribution with novel_share > 0 tells: known
