@@ -64,16 +64,14 @@ def paired_differences(values: pd.DataFrame) -> pd.DataFrame:
 
 
 def _by_training_set(reports: list[Report], table: str) -> pd.DataFrame:
-    """The reports' ``table`` rows, with the seed, and the rewrite strategy named with its data where a run
-    trained on other data than most runs did (the oracle control's native solutions: "none (toy_train_native)")."""
+    """The reports' ``table`` rows, the rewrite strategy named with its data where a run trained on other
+    data than most runs did (the oracle control's native solutions: "none (toy_train_native)")."""
     datasets = [report.variants.get("data") for report in reports]
     usual = max(dict.fromkeys(datasets), key=datasets.count)  # a tie goes to the first runs (the sweep's)
     frames = []
     for report, data in zip(reports, datasets, strict=True):
-        frame = getattr(report, table).assign(seed=report.variants["seed"])
-        if data != usual:
-            frame = frame.assign(rewrite=frame["rewrite"] + f" ({data})")
-        frames.append(frame)
+        frame = getattr(report, table)
+        frames.append(frame if data == usual else frame.assign(rewrite=frame["rewrite"] + f" ({data})"))
     return pd.concat(frames)
 
 
@@ -86,7 +84,7 @@ def composition(reports: list[Report]) -> pd.DataFrame:
 
 def training_sets(reports: list[Report]) -> pd.DataFrame:
     """Alignment NLL, diversity and distinct-2 of each training set per source, mean over seeds."""
-    frames = _by_training_set(reports, "training_sets").drop(columns="seed")
+    frames = _by_training_set(reports, "training_sets")
     return frames.groupby(["rewrite", "source"], sort=False).mean().round(4)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from mindgap.checks import require_architecture, require_choice, require_positive
@@ -67,6 +68,11 @@ class ToyDistributionConfig:
             raise ConfigError("toy distribution: novel_share + ambiguous_share must be at most 1")
 
 
+def _pretraining_distribution() -> ToyDistributionConfig:
+    """The distribution the toy model is pretrained on: 1 to 4 events, mostly 2 or 3."""
+    return ToyDistributionConfig(steps=[1, 2, 3, 4], step_weights=[2.0, 3.0, 3.0, 2.0])
+
+
 @dataclass
 class ToyWorldConfig:
     """The synthetic world of the CPU demo (mindgap.toy): a pretraining and a target distribution."""
@@ -74,9 +80,7 @@ class ToyWorldConfig:
     # Seed of every draw: the problems of each split and the pretraining corpus.
     seed: int = 0
     # The distribution the toy model is pretrained on (native style), and the forgetting set's.
-    pretraining: ToyDistributionConfig = field(
-        default_factory=lambda: ToyDistributionConfig(steps=[1, 2, 3, 4], step_weights=[2.0, 3.0, 3.0, 2.0])
-    )
+    pretraining: ToyDistributionConfig = field(default_factory=_pretraining_distribution)
     # The distribution of the fine-tuning set (expert style) and of its held-out test set: problems no
     # longer than the pretraining ones, 60% of whose plain gains and losses are told in the target's own
     # wording (items bought and sold, dollars found and lost), a sign rule only the fine-tuning set
@@ -89,9 +93,7 @@ class ToyWorldConfig:
     # the model learns to take its signs from a reference; drawn from the pretraining part of the
     # problem space (never a target problem).
     hinted: ToyDistributionConfig = field(
-        default_factory=lambda: ToyDistributionConfig(
-            steps=[1, 2, 3, 4], step_weights=[2.0, 3.0, 3.0, 2.0], ambiguous_share=0.5
-        )
+        default_factory=lambda: dataclasses.replace(_pretraining_distribution(), ambiguous_share=0.5)
     )
     # Share of all problem texts (by a hash of the text) that no training set ever contains: the
     # target test set and the forgetting set are drawn from it alone.
