@@ -25,7 +25,7 @@ from mindgap.evaluation.config import CompareConfig, EvalConfig
 from mindgap.generation.config import GeneratorConfig
 from mindgap.models.config import ModelConfig
 from mindgap.paths import PROJECT_ROOT
-from mindgap.pipeline.config import PipelineConfig
+from mindgap.pipeline.config import PipelineConfig, RoundsConfig
 from mindgap.prompts import PROMPT_TYPES
 from mindgap.rewriting.config import RewriteConfig
 from mindgap.training.config import TrainConfig
@@ -90,6 +90,7 @@ class MindgapConfig(CommonConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
 
 @dataclass

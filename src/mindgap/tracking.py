@@ -9,6 +9,7 @@ Metric keys follow one scheme: ``train/``, ``val/``, ``is/<source>/...``, ``rewr
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from mindgap import publish
 from mindgap.config import LoggerConfig
 from mindgap.records import SOURCES
 
@@ -36,6 +38,20 @@ class _AppendingWriter(ExperimentWriter):
 
 class AppendingCSVLogger(CSVLogger):
     """A CSVLogger whose metrics.csv survives a resumed run: its rows are appended to the earlier ones."""
+
+    def forget_from(self, step: int) -> None:
+        """Drop the rows of ``step`` and later: the steps a resumed (or restarted) run computes and logs again."""
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        if not path.is_file():
+            return
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) < step]
+        kept = io.StringIO()
+        writer = csv.DictWriter(kept, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        publish.write_text(path, kept.getvalue())
 
     @property
     @rank_zero_experiment

@@ -8,6 +8,7 @@ which has already imported everything, so that a run costs its work and not an i
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import multiprocessing
@@ -240,11 +241,59 @@ def test_training_killed_at_any_commit_point_resumes_to_the_uninterrupted_weight
 
     reference = tmp_path / "reference"
     points = _commit_points(train_job(reference), tmp_path / "trace")
-    # A marker per checkpoint (steps 1-3) and the removal of step 1's when step 3's is kept.
-    assert len(points) == 4, points
+    # A marker per checkpoint (steps 1-3), the removal of step 1's when step 3's is kept, the finished run's marker.
+    assert len(points) == 5, points
     expected = load_file(reference / "model" / "model.safetensors")
     for run in _kill_and_rerun(train_job, len(points), tmp_path):
         weights = load_file(run / "model" / "model.safetensors")
         assert weights.keys() == expected.keys()
         for name, tensor in expected.items():
             assert weights[name].equal(tensor), (run, name)
+
+
+# ---------------------------------------------------------------------------- rounds of the pipeline
+
+
+def _rounds_job(run: Path) -> Callable[[], object]:
+    from mindgap.pipeline.app import pipeline
+
+    overrides = [
+        "experiment=smoke",
+        "data.limit=4",
+        "eval.limit=1",
+        "pipeline.evaluate_base=false",
+        "pipeline.variants=[{name: DR+SFT, rewrite: mind_the_gap, loss: {name: sft}}]",
+        "pipeline.rounds=2",
+        "train.max_steps=2",
+        "logger=none",
+        f"rewrite.work_dir={run / 'work'}",
+        f"output_dir={run}",
+    ]
+    config = _config("pipeline", overrides)
+    return lambda: pipeline(config, run)
+
+
+def test_a_pipeline_killed_at_the_round_boundary_resumes_to_the_uninterrupted_rounds(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    points = _commit_points(_rounds_job(reference), tmp_path / "trace")
+    round_one_done = next(i for i, line in enumerate(points, 1) if line.endswith("rounds/1/DR+SFT/train/finished.json"))
+    last_model = Path("rounds/2/DR+SFT/train/model/model.safetensors")
+    expected = load_file(reference / last_model)
+    round_two = list(load_from_disk(str(reference / "rounds/2/DR+SFT/rewrite/dataset")))
+    # Killed as round 1's run is marked finished (it trains again), and just after (round 2 starts from it).
+    for point in (round_one_done, round_one_done + 1):
+        run = tmp_path / f"kill-{point}"
+        assert _in_child(_rounds_job(run), kill_at=point) == -signal.SIGKILL
+        assert _in_child(_rounds_job(run)) == 0
+        assert list(load_from_disk(str(run / "rounds/2/DR+SFT/rewrite/dataset"))) == round_two, point
+        weights = load_file(run / last_model)
+        assert all(weights[name].equal(tensor) for name, tensor in expected.items()), point
+        for number in ("1", "2"):
+            metrics = Path("rounds", number, "DR+SFT", "train", "metrics.csv")
+            assert _losses(run / metrics) == _losses(reference / metrics), (point, number)
+
+
+def _losses(metrics: Path) -> list[tuple[str, str]]:
+    """Each logged step's loss, in order: a step logged twice (a retrained run appended) shows."""
+    with metrics.open() as handle:
+        return [(row["step"], row["train/loss"]) for row in csv.DictReader(handle) if row["train/loss"]]

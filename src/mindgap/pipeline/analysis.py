@@ -18,6 +18,8 @@ TRAINING_CSV = "training_metrics.csv"
 LOGPROBS_CSV = "token_logprobs.csv"
 COMPOSITION_CSV = "composition.csv"
 TRAINING_SETS_CSV = "training_sets.csv"
+# Written only by a multi-round pipeline (mindgap.pipeline.rounds).
+ROUNDS_CSV = "rounds.csv"
 FIGURES_DIR = "figures"
 # The training curves drawn per variant: the importance weights' spread and effective sample size.
 WEIGHT_CURVES = ("is/all/weight_var", "is/all/ess")
@@ -40,6 +42,8 @@ class Report:
     composition: pd.DataFrame
     # rewrite, source (and "all"), records, alignment_nll, diversity, distinct_2 (mindgap.pipeline.rewrite_quality).
     training_sets: pd.DataFrame
+    # variant, round, composition, policy gap, weights, accuracy (mindgap.pipeline.rounds); None for one round.
+    rounds: pd.DataFrame | None = None
 
     @property
     def headline_metric(self) -> str:
@@ -56,6 +60,7 @@ def load_report(directory: Path | str) -> Report:
         pd.read_csv(directory / LOGPROBS_CSV),
         pd.read_csv(directory / COMPOSITION_CSV),
         pd.read_csv(directory / TRAINING_SETS_CSV),
+        pd.read_csv(directory / ROUNDS_CSV) if (directory / ROUNDS_CSV).is_file() else None,
     )
 
 
@@ -203,6 +208,31 @@ def plot_composition(report: Report, ax: plt.Axes | None = None) -> plt.Axes:
     return ax
 
 
+def plot_rounds(report: Report, axes: list[plt.Axes] | None = None) -> list[plt.Axes]:
+    """Per multi-round variant: the expert share of each round's training set, and its model's accuracy."""
+    assert report.rounds is not None
+    axes = axes if axes is not None else list(plt.subplots(1, 2, figsize=(10, 4))[1])
+    for variant, rows in report.rounds.groupby("variant", sort=False):
+        (line,) = axes[0].plot(rows["round"], 100 * rows["expert_share"], marker="o", label=variant)
+        axes[1].plot(rows["round"], rows["target"], marker="o", color=line.get_color(), label=f"{variant} target")
+        axes[1].plot(
+            rows["round"],
+            rows["forgetting"],
+            marker="s",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{variant} forgetting",
+        )
+    axes[0].set_ylabel("expert share of the training set (%)")
+    axes[1].set_ylabel(f"{report.headline_metric} (%)")
+    for ax, title in zip(axes, ("Expert fallback per round", "Accuracy after each round"), strict=True):
+        ax.set_xlabel("round")
+        ax.set_xticks(sorted(report.rounds["round"].unique()))
+        ax.set_title(title)
+        ax.legend()
+    return axes
+
+
 def write_figures(report_dir: Path | str) -> list[Path]:
     """Draw every figure of the report into ``<report_dir>/figures`` and return their paths."""
     report = load_report(report_dir)
@@ -215,6 +245,8 @@ def write_figures(report_dir: Path | str) -> list[Path]:
         "token_logprobs.png": plot_token_logprobs,
         "composition.png": plot_composition,
     }
+    if report.rounds is not None:
+        drawings["rounds.png"] = plot_rounds
     paths = []
     for name, draw in drawings.items():
         axes = draw(report)

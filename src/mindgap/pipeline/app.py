@@ -60,15 +60,19 @@ def check_forgetting(config: MindgapConfig) -> None:
 def pipeline(config: MindgapConfig, output_dir: Path) -> float:
     """Rewrite once per strategy, train each variant, evaluate them (and the initial model), report.
 
-    Returns the first variant's mean score, the sweep metric.
+    With ``pipeline.rounds`` > 1, each variant that rewrites goes on for more rounds (mindgap.pipeline.rounds),
+    and every round's model is evaluated. Returns the first variant's mean score, the sweep metric.
     """
     from mindgap.models.resolve import resolve_model_path
     from mindgap.pipeline.report import BASE_LABEL, TrainedVariant, write_report
     from mindgap.pipeline.rewrite_quality import dataset_quality
+    from mindgap.pipeline.rounds import run_rounds, steps_per_round, with_steps
 
     variants = variants_of(config)
     _check_launch(config, variants)
     check_forgetting(config)
+    if config.pipeline.rounds > 1:
+        steps_per_round(config)
     single = len(variants) == 1
     datasets: dict[str, Path] = {}
     for strategy in dict.fromkeys(variant.rewrite for variant in variants):
@@ -78,6 +82,7 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
             raise ConfigError("rewrite.shard_index runs one shard of mindgap-rewrite; the pipeline needs them all")
         datasets[strategy] = dataset
 
+    rounds = config.pipeline.rounds
     trained = []
     for variant in variants:
         variant_config = dataclasses.replace(
@@ -85,6 +90,13 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
             rewrite=dataclasses.replace(config.rewrite, strategy=variant.rewrite),
             train=dataclasses.replace(config.train, loss=variant.loss, dataset_path=str(datasets[variant.rewrite])),
         )
+        if rounds > 1 and variant.rewrite != "none":
+            done = run_rounds(variant_config, variant, datasets[variant.rewrite], output_dir, rewrite, train)
+            last = done[-1]
+            trained.append(TrainedVariant(variant, datasets[variant.rewrite], last.train_dir, last.model_dir, done))
+            continue
+        if rounds > 1:
+            variant_config = with_steps(variant_config, steps_per_round(config) * rounds, datasets[variant.rewrite])
         train_dir = output_dir / TRAIN_DIR if single else output_dir / TRAIN_DIR / variant.name
         model_dir = train(variant_config, train_dir, label=None if single else variant.name)
         trained.append(TrainedVariant(variant, datasets[variant.rewrite], train_dir, model_dir))
@@ -92,17 +104,25 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
         # A multi-process training run re-runs the app in each extra process; only rank zero evaluates.
         return float("nan")
 
-    for dataset in datasets.values():
+    for dataset in dict.fromkeys([*datasets.values(), *(step.dataset for item in trained for step in item.rounds)]):
         dataset_quality(config, dataset)
-    labels = [variant.name for variant in variants]
-    models = [str(item.model_dir) for item in trained]
+    # Every round's model is evaluated: the last under the variant's name, the earlier ones as <name>@r<k>.
+    evaluated = [
+        (label, str(model_dir))
+        for item in trained
+        for label, model_dir in [
+            *((step.label, step.model_dir) for step in item.rounds[:-1]),
+            (item.variant.name, item.model_dir),
+        ]
+    ]
+    labels, models = [label for label, _ in evaluated], [model for _, model in evaluated]
     if config.pipeline.evaluate_base:
         labels.append(BASE_LABEL)
         models.append(resolve_model_path(config.model, config.cache_dir, config.data_root))
     eval_config = dataclasses.replace(
         config,
         eval=dataclasses.replace(
-            config.eval, models=models, labels=labels, baseline=config.pipeline.baseline or labels[0]
+            config.eval, models=models, labels=labels, baseline=config.pipeline.baseline or variants[0].name
         ),
     )
     score = evaluate(eval_config, output_dir / EVAL_DIR)

@@ -1,4 +1,4 @@
-"""The ``pipeline`` section: the variants compared, the baseline and the forgetting benchmarks."""
+"""The ``pipeline`` and ``rounds`` sections: the variants compared, the baseline, the forgetting benchmarks, rounds."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
-from mindgap.checks import require_choice, require_label
+from mindgap.checks import require_choice, require_label, require_positive
 from mindgap.errors import ConfigError
 from mindgap.rewriting.config import REWRITE_STRATEGIES
 from mindgap.training.config import LossConfig
@@ -28,6 +28,28 @@ class VariantConfig:
         require_choice(f"pipeline.variants[{self.name}].rewrite", self.rewrite, REWRITE_STRATEGIES)
 
 
+ROUND_INITS = ("previous", "initial")
+ROUND_RESOLVES = ("all", "unsolved")
+
+
+@dataclass
+class RoundsConfig:
+    """How the rounds of a multi-round pipeline (pipeline.rounds > 1) follow one another."""
+
+    # previous: round r trains on from round r-1's weights | initial: each round restarts from the initial model.
+    init: str = "previous"
+    # Optimiser steps of each round; null splits train.max_steps evenly over the rounds.
+    steps_per_round: int | None = None
+    # all: every problem is sampled again by the round's model (fresh on-policy data) | unsolved: only the
+    # problems the last round fell back to the expert on; the other records are kept as they were.
+    resolve: str = "all"
+
+    def __post_init__(self) -> None:
+        require_choice("rounds.init", self.init, ROUND_INITS)
+        require_choice("rounds.resolve", self.resolve, ROUND_RESOLVES)
+        require_positive("rounds.steps_per_round", self.steps_per_round)
+
+
 @dataclass
 class PipelineConfig:
     """mindgap-pipeline: rewrite once per strategy, train every variant, evaluate all, write a report."""
@@ -42,8 +64,12 @@ class PipelineConfig:
     # Benchmarks (of eval.benchmarks) outside the fine-tuning target: they measure forgetting
     # and are reported apart from the target mean.
     forgetting_benchmarks: list[str] = field(default_factory=list)
+    # Rounds of rewriting and training (mindgap.pipeline.rounds): round r >= 2 rewrites the training problems
+    # with the model each variant trained in round r-1; 1 rewrites once, with the initial model.
+    rounds: int = 1
 
     def __post_init__(self) -> None:
+        require_positive("pipeline.rounds", self.rounds)
         names = [variant.name for variant in self.variants]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:

@@ -24,6 +24,7 @@ from mindgap.pipeline.analysis import (
     LOGPROBS_CSV,
     RESULTS_CSV,
     RESULTS_MD,
+    ROUNDS_CSV,
     TRAINING_CSV,
     TRAINING_SETS_CSV,
     VARIANTS_JSON,
@@ -31,6 +32,7 @@ from mindgap.pipeline.analysis import (
 )
 from mindgap.pipeline.config import VariantConfig
 from mindgap.pipeline.rewrite_quality import QUALITY_JSON, QUALITY_MEASURES
+from mindgap.pipeline.rounds import Round, rounds_markdown, write_rounds
 from mindgap.rewriting.run import MANIFEST
 from mindgap.training.app import STEP_METRICS
 
@@ -44,9 +46,12 @@ TRAINING_PREFIXES = ("train/", "val/", "is/")
 @dataclasses.dataclass
 class TrainedVariant:
     variant: VariantConfig
+    # The training set of its first (or only) round.
     dataset: Path
     train_dir: Path
     model_dir: Path
+    # Every round, when the variant trained for more than one (mindgap.pipeline.rounds); the last is train_dir's.
+    rounds: list[Round] = dataclasses.field(default_factory=list)
 
 
 def write_report(config: MindgapConfig, trained: list[TrainedVariant], eval_dir: Path, report_dir: Path) -> list[str]:
@@ -87,6 +92,12 @@ def write_report(config: MindgapConfig, trained: list[TrainedVariant], eval_dir:
     _write_rows(report_dir / TRAINING_SETS_CSV, ["rewrite", "source", *QUALITY_MEASURES], training_sets)
     with (report_dir / RESULTS_MD).open("a") as handle:
         handle.write("\n" + _training_sets_markdown(training_sets))
+    if any(item.rounds for item in trained):
+        write_rounds(
+            [(item.variant.name, item.rounds) for item in trained if item.rounds], sections, report_dir / ROUNDS_CSV
+        )
+        with (report_dir / RESULTS_MD).open("a") as handle:
+            handle.write("\n" + rounds_markdown(report_dir / ROUNDS_CSV))
     write_figures(report_dir)
     return found
 
@@ -202,13 +213,19 @@ def _variants_summary(config: MindgapConfig, trained: list[TrainedVariant]) -> d
 
 
 def _training_rows(trained: list[TrainedVariant]) -> list[list[Any]]:
+    """variant, step, metric, value; a multi-round variant's rounds follow one another on one step axis."""
     rows = []
     for item in trained:
-        with (item.train_dir / STEP_METRICS).open() as handle:
-            for record in csv.DictReader(handle):
-                for key, value in record.items():
-                    if key.startswith(TRAINING_PREFIXES) and value != "":
-                        rows.append([item.variant.name, int(record["step"]), key, float(value)])
+        offset = 0
+        for train_dir in [step.train_dir for step in item.rounds] or [item.train_dir]:
+            last = 0
+            with (train_dir / STEP_METRICS).open() as handle:
+                for record in csv.DictReader(handle):
+                    last = max(last, int(record["step"]) + 1)
+                    for key, value in record.items():
+                        if key.startswith(TRAINING_PREFIXES) and value != "":
+                            rows.append([item.variant.name, offset + int(record["step"]), key, float(value)])
+            offset += last
     return rows
 
 

@@ -29,8 +29,10 @@ SAMPLE_ROWS = 32
 SHARD_STATUS = "shard_status.json"
 
 
-def rewrite(config: MindgapConfig, output_dir: Path) -> Path | None:
+def rewrite(config: MindgapConfig, output_dir: Path, label: str | None = None) -> Path | None:
     """Rewrite into ``output_dir/{dataset,manifest.json}``; a shard job (rewrite.shard_index) returns None.
+
+    ``label`` names the tracker's run among a pipeline's rewrites (the rounds of a variant).
 
     Finished work is reused: the stage keeps its chunks and merged datasets in ``rewrite.work_dir``
     under a fingerprint of everything that decides the result.
@@ -51,7 +53,7 @@ def rewrite(config: MindgapConfig, output_dir: Path) -> Path | None:
         return None
     _publish(result, output_dir)
     if not result.reused:
-        _track(config, output_dir, result)
+        _track(config, output_dir, result, label)
     return output_dir / DATASET_DIR
 
 
@@ -77,9 +79,9 @@ def _publish(result: StageResult, output_dir: Path) -> None:
     publish.write_json(manifest_path, result.manifest, indent=2)
 
 
-def _track(config: MindgapConfig, output_dir: Path, result: StageResult) -> None:
+def _track(config: MindgapConfig, output_dir: Path, result: StageResult, label: str | None) -> None:
     manifest = result.manifest
-    tracker = stage_tracker(config, output_dir, "rewrite")
+    tracker = stage_tracker(config, output_dir, "rewrite", label=label)
     try:
         metrics = {
             f"rewrite/{stage}/{key}": value

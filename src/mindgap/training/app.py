@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mindgap.app import run_app, run_cli, stage_tracker
+from mindgap.app import is_rank_zero, run_app, run_cli, stage_tracker
 from mindgap.config import MindgapConfig, register_configs
 from mindgap.paths import CONFIG_DIR
 
@@ -24,11 +24,19 @@ def train(config: MindgapConfig, output_dir: Path, label: str | None = None) -> 
     """Train and return the exported model directory; ``label`` names the run among a pipeline's variants.
 
     Besides the configured logger, every step's metrics go to ``output_dir/metrics.csv``, which the
-    pipeline's report and the analysis notebook read whatever the logger. A resumed run appends to it.
+    pipeline's report and the analysis notebook read whatever the logger. A resumed run appends to it; a
+    finished one is reused.
     """
     from mindgap.tracking import AppendingCSVLogger
-    from mindgap.training.run import run_training
+    from mindgap.training.run import finished_training, run_training
 
+    finished = finished_training(config, output_dir)
+    if finished is not None:
+        if is_rank_zero():
+            print(
+                f"mindgap-train: reusing the finished run in {output_dir} (same settings, weights and data)", flush=True
+            )
+        return finished
     tags = [f"loss:{config.train.loss.name}", f"rewrite:{config.rewrite.strategy}", f"data:{config.data.name}"]
     tracker = stage_tracker(config, output_dir, "train", tags, label=label)
     step_metrics = AppendingCSVLogger(save_dir=str(output_dir), name="", version="")

@@ -2,22 +2,61 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import Logger
 
+from mindgap import publish
 from mindgap.config import MindgapConfig
 from mindgap.data.datamodule import RewrittenDataModule
-from mindgap.models.loading import load_tokenizer
+from mindgap.models.loading import ModelSource, load_tokenizer, model_fingerprint
 from mindgap.models.resolve import resolve_model
-from mindgap.training.checkpoints import MarkedCheckpoint, resume_path, run_fingerprint
+from mindgap.rewriting.run import MANIFEST
+from mindgap.tracking import AppendingCSVLogger
+from mindgap.training.checkpoints import CHECKPOINT_NAME, MarkedCheckpoint, resume_path, run_fingerprint
 from mindgap.training.module import FineTuningModule
 from mindgap.training.strategy import build_strategy, lightning_precision
 
 EXPORT_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
+# Written after the export: the run is finished, and what it computed from (finished_training).
+FINISHED = "finished.json"
+
+
+def _finished_key(config: MindgapConfig, model: ModelSource) -> dict[str, Any]:
+    """What a finished run was computed from: its settings, the initial weights' content, the dataset's manifest."""
+    dataset = config.train.dataset_path
+    manifest = Path(dataset).parent / MANIFEST if dataset is not None else None
+    return {
+        "run": run_fingerprint(config),
+        "weights": model_fingerprint(model, config.cache_dir),
+        "dataset": json.loads(manifest.read_text())["fingerprint"] if manifest and manifest.is_file() else None,
+    }
+
+
+def finished_training(config: MindgapConfig, output_dir: Path) -> Path | None:
+    """The exported model of ``output_dir`` when the same run (same settings, weights and data) finished there.
+
+    A rerun (a resumed pipeline, a sweep run again) reuses it instead of training again. Other weights at the
+    same path (an earlier round retrained) or another dataset published at ``train.dataset_path`` train anew.
+    """
+    marker, export_dir = output_dir / FINISHED, output_dir / EXPORT_DIR
+    if not (marker.is_file() and export_dir.is_dir()):
+        return None
+    model = resolve_model(config.model, config.cache_dir, config.data_root)
+    return export_dir if json.loads(marker.read_text()) == _finished_key(config, model) else None
+
+
+def _start_step(resume: str | None) -> int | None:
+    """The step a run starts from: 0 fresh, the checkpoint's step resumed; None for a checkpoint named otherwise."""
+    if resume is None:
+        return 0
+    match = CHECKPOINT_NAME.match(Path(resume).name)
+    return int(match.group(1)) if match else None
 
 
 def run_training(
@@ -38,6 +77,11 @@ def run_training(
     fingerprint = run_fingerprint(config)
     # Before the model loads: a checkpoint that cannot be resumed is refused at once.
     resume = resume_path(train.checkpoint.resume, checkpoint_dir, fingerprint)
+    start = _start_step(resume)
+    for item in logger if isinstance(logger, list) else [logger]:
+        if isinstance(item, AppendingCSVLogger) and start is not None:
+            # Steps the run computes again (all of them when it starts afresh) are logged again, not twice.
+            item.forget_from(start)
     if train.checkpoint.every_n_steps is not None:
         callbacks.append(
             MarkedCheckpoint(
@@ -83,4 +127,5 @@ def run_training(
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     if trainer.is_global_zero:
         load_tokenizer(model).save_pretrained(export_dir)
+        publish.write_json(output_dir / FINISHED, _finished_key(config, model))
     return export_dir

@@ -1,0 +1,318 @@
+"""Multi-round rewriting (``pipeline.rounds`` > 1): the training data follows the policy as it moves.
+
+Round 1 is the one-round pipeline: the initial model rewrites the training problems (once per strategy) and
+each variant trains on the result. Round r >= 2 rewrites them again, per variant, with the model that variant
+trained in round r-1, through the same resumable stage (its fingerprint holds that model's weights): the
+round's model samples, re-solves its failures with the expert's hint, and falls back to the expert when both
+fail. That model is the behaviour policy of every record it writes (the rescored log-probs, expert text
+included), so the round's importance weights are against the model that produced its data. Under
+``rounds.resolve=unsolved`` only the expert fallbacks are rewritten; the other records keep the model that
+wrote them as their behaviour policy. A variant without a rewrite strategy has no data to move: it trains once,
+for the steps of all rounds.
+
+Each round writes ``rounds/<r>/<variant>/{rewrite,train}``; a killed pipeline restarts at the round and stage
+where it stopped, because every stage reuses its finished work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mindgap import publish
+from mindgap.config import MindgapConfig
+from mindgap.data.config import DataConfig, FieldsConfig
+from mindgap.errors import ConfigError
+from mindgap.fingerprints import config_fingerprint
+from mindgap.models.config import ModelConfig
+from mindgap.pipeline.config import VariantConfig
+
+ROUNDS_DIR = "rounds"
+# The problems a round re-solves under rounds.resolve=unsolved, as a jsonl data file.
+UNSOLVED_FILE = "unsolved.jsonl"
+
+
+@dataclasses.dataclass
+class Round:
+    """What one round of a variant produced."""
+
+    number: int
+    # The evaluation's label of the round's model: the variant's name for the last round, <name>@r<number> before.
+    label: str
+    dataset: Path
+    train_dir: Path
+    model_dir: Path
+
+
+def round_label(name: str, number: int, rounds: int) -> str:
+    return name if number == rounds else f"{name}@r{number}"
+
+
+def steps_per_round(config: MindgapConfig) -> int:
+    """The optimiser steps of each round: rounds.steps_per_round, or train.max_steps split evenly."""
+    rounds, steps = config.pipeline.rounds, config.rounds.steps_per_round
+    if steps is not None:
+        return steps
+    total = config.train.max_steps
+    if total is None or total % rounds:
+        raise ConfigError(
+            f"pipeline.rounds={rounds}: set rounds.steps_per_round, or train.max_steps to a multiple of {rounds}"
+            f" (it is {total}), so that every round trains for the same number of steps"
+        )
+    return total // rounds
+
+
+def with_steps(config: MindgapConfig, steps: int, dataset: Path, model: ModelConfig | None = None) -> MindgapConfig:
+    """``config`` training for exactly ``steps`` steps on ``dataset`` (epochs never end a round early)."""
+    train = dataclasses.replace(config.train, max_steps=steps, max_epochs=steps, dataset_path=str(dataset))
+    return dataclasses.replace(config, train=train, model=model or config.model)
+
+
+def trained_model(initial: ModelConfig, model_dir: Path, name: str) -> ModelConfig:
+    """The model a round trained, loaded as the initial one is (same dtype), from its exported directory."""
+    return dataclasses.replace(
+        initial, name=name, name_or_path=str(model_dir), tiny=None, toy=None, gguf=None, revision=None
+    )
+
+
+def tagged(config: MindgapConfig, number: int) -> MindgapConfig:
+    """Runs of one round carry the tag ``round:<number>`` in the experiment's W&B group."""
+    logger = dataclasses.replace(config.logger, tags=[*config.logger.tags, f"round:{number}"])
+    return dataclasses.replace(config, logger=logger)
+
+
+def run_rounds(
+    config: MindgapConfig,
+    variant: VariantConfig,
+    first_dataset: Path,
+    output_dir: Path,
+    rewrite: Callable[..., Path | None],
+    train: Callable[..., Path],
+) -> list[Round]:
+    """Every round of one variant (``config`` is the variant's); round 1 trains on ``first_dataset``."""
+    rounds, steps = config.pipeline.rounds, steps_per_round(config)
+    done: list[Round] = []
+    for number in range(1, rounds + 1):
+        round_dir = output_dir / ROUNDS_DIR / str(number) / variant.name
+        round_config = tagged(config, number)
+        dataset = first_dataset
+        start = config.model
+        if number > 1:
+            previous = done[-1]
+            behaviour = trained_model(config.model, previous.model_dir, f"{config.model.name}-{previous.label}")
+            dataset = _rewrite_round(
+                dataclasses.replace(round_config, model=behaviour),
+                previous.dataset,
+                round_dir / "rewrite",
+                functools.partial(rewrite, label=f"{variant.name}-round{number}"),
+            )
+            if config.rounds.init == "previous":
+                start = behaviour
+        train_dir = round_dir / "train"
+        model_dir = train(
+            with_steps(round_config, steps, dataset, start), train_dir, label=f"{variant.name}-round{number}"
+        )
+        done.append(Round(number, round_label(variant.name, number, rounds), dataset, train_dir, model_dir))
+    return done
+
+
+def _rewrite_round(
+    config: MindgapConfig, previous_dataset: Path, output_dir: Path, rewrite: Callable[..., Path | None]
+) -> Path:
+    if config.rounds.resolve == "all":
+        return _complete(rewrite(config, output_dir))
+    return _resolve_unsolved(config, previous_dataset, output_dir, rewrite)
+
+
+def _complete(dataset: Path | None) -> Path:
+    if dataset is None:
+        raise ConfigError("rewrite.shard_index runs one shard of mindgap-rewrite; the pipeline needs them all")
+    return dataset
+
+
+def unsolved_data(name: str, path: Path) -> DataConfig:
+    """The data config of an unsolved.jsonl: its ids, texts and answers are the loaded ones, so its problems (and
+    their fingerprint) are those of the training set."""
+    fields = FieldsConfig(id="id", problem="problem", solution="solution", answer="answer")
+    return DataConfig(name=name, format="jsonl", path=str(path.resolve()), fields=fields)
+
+
+def _resolve_unsolved(
+    config: MindgapConfig, previous_dataset: Path, output_dir: Path, rewrite: Callable[..., Path | None]
+) -> Path:
+    """Rewrite only the problems the last round fell back to the expert on, and keep every other record.
+
+    The merged set keeps the last round's order; a problem the new rewrite drops keeps its expert record.
+    """
+    from datasets import Dataset, load_from_disk
+
+    from mindgap.records import FEATURES
+    from mindgap.rewriting.run import DATASET_DIR, MANIFEST
+
+    previous = load_from_disk(str(previous_dataset))
+    unsolved = [row for row in previous if row["source"] == "expert"]
+    if not unsolved:
+        return previous_dataset
+    prefix = f"{config.data.name}/"
+    lines = [
+        json.dumps(
+            {
+                "id": row["id"].removeprefix(prefix),
+                "problem": row["problem"],
+                "solution": row["expert_solution"],
+                "answer": row["answer"],
+            }
+        )
+        for row in unsolved
+    ]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    publish.write_text(output_dir / UNSOLVED_FILE, "\n".join(lines) + "\n")
+    subset = unsolved_data(config.data.name, output_dir / UNSOLVED_FILE)
+    resolved = _complete(rewrite(dataclasses.replace(config, data=subset), output_dir / "resolved"))
+    previous_manifest = json.loads((previous_dataset.parent / MANIFEST).read_text())
+    resolved_manifest = json.loads((resolved.parent / MANIFEST).read_text())
+    fingerprint = config_fingerprint([previous_manifest["fingerprint"], resolved_manifest["fingerprint"]])
+    manifest_path = output_dir / MANIFEST
+    if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("fingerprint") == fingerprint:
+        return output_dir / DATASET_DIR
+
+    new = {row["id"]: row for row in load_from_disk(str(resolved))}
+    rows = [new.get(row["id"], row) for row in previous]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["source"]] = counts.get(row["source"], 0) + 1
+    manifest: dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "records": len(rows),
+        "problems": previous_manifest.get("problems", len(rows)),
+        "counts_per_source": counts,
+        "resolve": "unsolved",
+        "kept": len(rows) - len(unsolved),
+        "resolved": len(unsolved),
+        "resolved_rewritten": sum(row["source"] != "expert" for row in new.values()),
+        "previous_dataset": str(previous_dataset),
+        "resolved_dataset": str(resolved),
+    }
+    # As the stage commits: the old manifest goes first, the dataset is renamed into place, the manifest last.
+    publish.clean_stale_staging(output_dir)
+    publish.remove(manifest_path)
+    with publish.staged_dir(output_dir / DATASET_DIR) as staging:
+        Dataset.from_list(rows, features=FEATURES).save_to_disk(str(staging))
+    publish.write_json(manifest_path, manifest, indent=2)
+    return output_dir / DATASET_DIR
+
+
+# The columns of rounds.csv, one row per (variant, round).
+ROUND_COLUMNS = (
+    "variant",
+    "round",
+    "records",
+    "self",
+    "guided",
+    "rewritten",
+    "expert",
+    "expert_share",
+    "behavior_logprob",
+    "alignment_nll",
+    "weight_var",
+    "ess",
+    "target",
+    "forgetting",
+)
+
+
+def round_row(name: str, step: Round, sections: dict[str, Any]) -> dict[str, Any]:
+    """One round's composition, policy gap, importance weights and accuracy (percent, the headline metric).
+
+    behavior_logprob: mean log-prob of the training tokens under their behaviour policy (the round's rewriting
+    model; for kept records, the one that wrote them), the gap the round's importance weights measure.
+    alignment_nll: mean per-token NLL of the responses under the initial model, one scale for every round.
+    weight_var, ess: the importance weights' mean over the round's steps (empty for losses without them).
+    """
+    import pandas as pd
+    from datasets import load_from_disk
+
+    from mindgap.pipeline.rewrite_quality import QUALITY_JSON
+    from mindgap.rewriting.run import MANIFEST
+    from mindgap.training.app import STEP_METRICS
+
+    counts = json.loads((step.dataset.parent / MANIFEST).read_text())["counts_per_source"]
+    records = sum(counts.values())
+    logprobs = [value for values in load_from_disk(str(step.dataset))["rescored_logprobs"] for value in values or []]
+    quality = json.loads((step.dataset.parent / QUALITY_JSON).read_text())["sources"]["all"]
+    metrics = pd.read_csv(step.train_dir / STEP_METRICS)
+    weights = {
+        statistic: float(metrics[column].mean()) if (column := f"is/all/{statistic}") in metrics else float("nan")
+        for statistic in ("weight_var", "ess")
+    }
+    accuracy = {}
+    for group in ("target", "forgetting"):
+        comparison = sections.get(group)
+        accuracy[group] = (
+            100 * comparison.values[comparison.metrics[0]][step.label]["mean"].value if comparison else float("nan")
+        )
+    return {
+        "variant": name,
+        "round": step.number,
+        "records": records,
+        **{source: counts.get(source, 0) for source in ("self", "guided", "rewritten", "expert")},
+        "expert_share": counts.get("expert", 0) / records,
+        "behavior_logprob": sum(logprobs) / len(logprobs) if logprobs else float("nan"),
+        "alignment_nll": quality["alignment_nll"],
+        **weights,
+        **accuracy,
+    }
+
+
+def write_rounds(variants: list[tuple[str, list[Round]]], sections: dict[str, Any], path: Path) -> None:
+    """rounds.csv: a row per round of each multi-round variant."""
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROUND_COLUMNS)
+        writer.writeheader()
+        for name, steps in variants:
+            for step in steps:
+                writer.writerow(round_row(name, step, sections))
+
+
+def rounds_markdown(path: Path) -> str:
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    lines = [
+        "## Rounds",
+        "",
+        "Each round's training set (records per source, expert share), the mean log-prob of its tokens under their"
+        " behaviour policy, its alignment NLL under the initial model, the importance weights' mean variance and ESS"
+        " over the round's steps, and the round's model's accuracy (percent).",
+        "",
+        "| variant | round | self | guided | rewritten | expert | expert share | behaviour log-prob | alignment NLL"
+        " | weight var | ESS | target | forgetting |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table.itertuples():
+        cells = [
+            row.variant,
+            row.round,
+            row.self,
+            row.guided,
+            row.rewritten,
+            row.expert,
+            f"{100 * row.expert_share:.1f}%",
+            *(_number(value, spec) for value, spec in ((row.behavior_logprob, ".3f"), (row.alignment_nll, ".3f"))),
+            *(_number(value, spec) for value, spec in ((row.weight_var, ".3g"), (row.ess, ".3f"))),
+            *(_number(value, ".2f") for value in (row.target, row.forgetting)),
+        ]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float, spec: str) -> str:
+    """A value of the table; a measure that does not apply (a loss without weights, no forgetting set) is '-'."""
+    return "-" if math.isnan(value) else format(value, spec)

@@ -1,0 +1,153 @@
+"""Multi-round rewriting (mindgap.pipeline.rounds) and the reuse of finished training runs it relies on.
+
+The tiny model on eight GSM8K problems: it solves none of them, so its rounds are expert fallbacks rescored
+by each round's model, which is enough to see whose log-probs a round's records carry.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, load_from_disk
+from hydra import compose, initialize_config_dir
+
+from mindgap.config import MindgapConfig, register_configs, to_typed
+from mindgap.data.sources import load_problems
+from mindgap.models.loading import model_fingerprint
+from mindgap.models.resolve import resolve_model
+from mindgap.paths import CONFIG_DIR
+from mindgap.pipeline.config import VariantConfig
+from mindgap.records import FEATURES
+from mindgap.rewriting.app import rewrite
+from mindgap.rewriting.run import MANIFEST
+from mindgap.training.app import STEP_METRICS, train
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = (
+    "pipeline.variants=[{name: SFT, rewrite: none, loss: {name: sft}},"
+    " {name: DR+IS, rewrite: mind_the_gap, loss: {name: is}}]"
+)
+
+
+def _config(app: str, output_dir: Path, *overrides: str) -> MindgapConfig:
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(app, overrides=["experiment=smoke", "logger=none", f"output_dir={output_dir}", *overrides])
+    return to_typed(cfg, MindgapConfig)
+
+
+def _steps(train_dir: Path) -> list[int]:
+    with (train_dir / STEP_METRICS).open() as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle) if row["train/loss"]]
+
+
+def test_a_finished_training_run_is_reused_and_trains_again_on_a_new_dataset_at_its_path(tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    dataset = rewrite(_config("rewrite", records, "rewrite=none", "data.limit=4"), records)
+    config = _config(
+        "train", tmp_path, "rewrite=none", "train.max_steps=2", "train.max_epochs=2", f"train.dataset_path={dataset}"
+    )
+    model = train(config, tmp_path / "run")
+    weights = model / "model.safetensors"
+    first = weights.stat().st_mtime_ns
+    assert train(config, tmp_path / "run") == model
+    assert weights.stat().st_mtime_ns == first, "the finished run was trained again"
+    # Another dataset published at the same path (here: its manifest's fingerprint changes) is new work...
+    manifest = json.loads((dataset.parent / MANIFEST).read_text())
+    (dataset.parent / MANIFEST).write_text(json.dumps({**manifest, "fingerprint": "another"}))
+    train(config, tmp_path / "run")
+    assert weights.stat().st_mtime_ns != first
+    # ...and its steps replace the earlier run's in metrics.csv instead of following them.
+    assert _steps(tmp_path / "run") == [0, 1]
+
+
+def test_round_two_rewrites_with_round_one_model_and_trains_on_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mindgap.pipeline import app
+
+    trained: list[MindgapConfig] = []
+
+    def recording_train(config: MindgapConfig, output_dir: Path, label: str | None = None) -> Path:
+        trained.append(config)
+        return train(config, output_dir, label)
+
+    monkeypatch.setattr(app, "train", recording_train)
+    out = tmp_path / "out"
+    config = _config("pipeline", out, VARIANTS, "pipeline.rounds=2", "train.max_steps=4", "eval.limit=2")
+    app.pipeline(config, out)
+
+    # SFT has no rewrite to repeat: one run of both rounds' steps. DR+IS: two rounds of two steps each.
+    assert [(run.train.loss.name, run.train.max_steps) for run in trained] == [("sft", 4), ("is", 2), ("is", 2)]
+    assert _steps(out / "train" / "SFT") == [0, 1, 2, 3]
+    round_one_model = out / "rounds" / "1" / "DR+IS" / "train" / "model"
+    assert trained[2].model.name_or_path == str(round_one_model)
+    assert trained[2].logger.tags[-1] == "round:2"
+    manifest = json.loads((out / "rounds" / "2" / "DR+IS" / "rewrite" / MANIFEST).read_text())
+    behaviour = model_fingerprint(resolve_model(trained[2].model, config.cache_dir, config.data_root))
+    initial = model_fingerprint(resolve_model(config.model, config.cache_dir, config.data_root))
+    assert behaviour != initial
+    assert manifest["behavior_models"] == {"expert": behaviour}
+    assert trained[2].train.dataset_path == str(out / "rounds" / "2" / "DR+IS" / "rewrite" / "dataset")
+
+    with (out / "report" / "rounds.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["variant"], row["round"], row["expert"]) for row in rows] == [("DR+IS", "1", "8"), ("DR+IS", "2", "8")]
+    # Round 2's records are rescored by a model trained on them: their log-probs rise.
+    assert float(rows[1]["behavior_logprob"]) > float(rows[0]["behavior_logprob"])
+    assert (out / "report" / "figures" / "rounds.png").is_file()
+    assert "## Rounds" in (out / "report" / "results.md").read_text()
+    labels = [path.name for path in sorted((out / "eval").iterdir()) if (path / "gsm8k_test").is_dir()]
+    assert labels == ["DR+IS", "DR+IS@r1", "SFT", "base"]
+    with (out / "report" / "training_metrics.csv").open() as handle:
+        steps = {int(row["step"]) for row in csv.DictReader(handle) if row["variant"] == "DR+IS"}
+    assert steps == {0, 1, 2, 3}, "round 2's steps follow round 1's on one axis"
+
+
+def test_resolve_unsolved_rewrites_only_the_expert_fallbacks_and_keeps_the_rest(tmp_path: Path, tiny_tokenizer) -> None:
+    from mindgap.pipeline.rounds import UNSOLVED_FILE, run_rounds, unsolved_data
+
+    config = _config(
+        "pipeline", tmp_path, "pipeline.rounds=2", "train.max_steps=2", "rounds.resolve=unsolved", "rounds.init=initial"
+    )
+    first = rewrite(config, tmp_path / "first")
+    # Round 1 as if the model had solved half the problems itself: those records become its own samples.
+    rows = list(load_from_disk(str(first)))
+    for row in rows[::2]:
+        ids = tiny_tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        row.update(source="self", response_token_ids=ids, behavior_logprobs=[-1.0] * len(ids))
+        row["rescored_logprobs"] = [-1.0] * len(ids)
+    crafted = tmp_path / "round1" / "dataset"
+    Dataset.from_list(rows, features=FEATURES).save_to_disk(str(crafted))
+    (crafted.parent / MANIFEST).write_text(json.dumps({"fingerprint": "crafted", "counts_per_source": {}}))
+
+    trained: list[MindgapConfig] = []
+
+    def recording_train(run: MindgapConfig, output_dir: Path, label: str | None = None) -> Path:
+        trained.append(run)
+        return train(run, output_dir, label)
+
+    variant = VariantConfig("DR+SFT", "mind_the_gap")
+    done = run_rounds(config, variant, crafted, tmp_path / "out", rewrite, recording_train)
+
+    unsolved = {row["id"] for row in rows if row["source"] == "expert"}
+    round_dir = tmp_path / "out" / "rounds" / "2" / "DR+SFT" / "rewrite"
+    subset = load_problems(unsolved_data(config.data.name, round_dir / UNSOLVED_FILE), config.data_root)
+    originals = {problem.id: problem for problem in load_problems(config.data, config.data_root).problems}
+    assert [problem.id for problem in subset.problems] == sorted(unsolved, key=list(originals).index)
+    assert all(problem == originals[problem.id] for problem in subset.problems), "the problems survive the file"
+    merged = list(load_from_disk(str(done[1].dataset)))
+    assert [row["id"] for row in merged] == [row["id"] for row in rows], "the merged set keeps round 1's order"
+    for old, new in zip(rows, merged, strict=True):
+        if old["source"] == "self":
+            assert new == old, "a solved problem keeps its record and its behaviour policy"
+        else:
+            assert new["rescored_logprobs"] != old["rescored_logprobs"], "re-solved under round 1's model"
+    counts = json.loads((round_dir / MANIFEST).read_text())
+    assert (counts["kept"], counts["resolved"]) == (len(rows) - len(unsolved), len(unsolved))
+    # rounds.init=initial: round 2 restarts from the initial model.
+    assert trained[1].model == config.model
