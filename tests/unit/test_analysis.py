@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mindgap.pipeline.analysis import Report, plot_weight_statistics_by_source, seed_values
-from mindgap.pipeline.study import composition, paired_differences, report_dirs, training_sets
+from mindgap.pipeline.study import composition, paired_differences, report_dirs, rounds_summary, training_sets
 
 
 def _report() -> Report:
@@ -96,3 +96,23 @@ def test_a_control_on_other_data_keeps_its_own_training_set_rows(tmp_path: Path)
         (tmp_path / job / "report").mkdir(parents=True)
         (tmp_path / job / "report" / "variants.json").write_text("{}")
     assert report_dirs(tmp_path) == [tmp_path / "0" / "report", tmp_path / "1" / "report", tmp_path / "oracle/0/report"]
+
+
+def test_the_rounds_of_a_multi_round_variant_are_averaged_over_seeds_per_round() -> None:
+    assert rounds_summary([_seed_report(0, {("SFT", "target"): 0.1})]) is None
+    reports = []
+    for seed in (0, 1):
+        report = _seed_report(seed, {("DR+IS", "target"): 0.2})
+        # Seed s: the expert share falls from 0.4 + 0.1 s in round 1 to 0.2 + 0.1 s in round 2.
+        report.rounds = pd.DataFrame(
+            [
+                ["DR+IS", number, share, -1.0 * number, 1.5, 10.0 * number + seed, 20.0]
+                for number, share in ((1, 0.4 + 0.1 * seed), (2, 0.2 + 0.1 * seed))
+            ],
+            columns=["variant", "round", "expert_share", "behavior_logprob", "alignment_nll", "target", "forgetting"],
+        )
+        reports.append(report)
+    table = rounds_summary(reports)
+    # Round 1: shares 40% and 50% -> 45%, targets 10 and 11 -> 10.5; round 2: 25% and 20.5.
+    assert table.loc[("DR+IS", 1), ["expert_share", "target"]].tolist() == pytest.approx([45.0, 10.5])
+    assert table.loc[("DR+IS", 2), ["expert_share", "target"]].tolist() == pytest.approx([25.0, 20.5])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -129,3 +132,19 @@ def test_bad_config_fails_fast_with_one_line(override: str, expected: str) -> No
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("mindgap-rewrite: error: ")
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["pipeline.rounds=3", "train.max_steps=64"], "DR+SFT trains for 3 rounds; set train.max_steps to a multiple"),
+        (["pipeline.rounds=3", "train.max_steps=null"], "every variant trains for train.max_steps steps"),
+        (["pipeline.variants=[{name: SFT, rewrite: none, rounds: 2}]"], "rewrite=none has no rewriting to repeat"),
+        (["rounds.resolve=some"], "rounds.resolve='some' is not one of all, unsolved"),
+    ],
+)
+def test_rounds_that_cannot_split_the_steps_fail_before_any_work(overrides: list[str], message: str) -> None:
+    from mindgap.pipeline.app import pipeline
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        pipeline(to_typed(_compose("pipeline", ["experiment=demo", *overrides]), MindgapConfig), Path("unused"))

@@ -66,13 +66,15 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
     from mindgap.models.resolve import resolve_model_path
     from mindgap.pipeline.report import BASE_LABEL, TrainedVariant, write_report
     from mindgap.pipeline.rewrite_quality import dataset_quality
-    from mindgap.pipeline.rounds import run_rounds, steps_per_round, with_steps
+    from mindgap.pipeline.rounds import round_steps, rounds_of, run_rounds, with_steps
 
     variants = variants_of(config)
     _check_launch(config, variants)
     check_forgetting(config)
-    if config.pipeline.rounds > 1:
-        steps_per_round(config)
+    several_rounds = any(rounds_of(config, variant) > 1 for variant in variants)
+    if several_rounds:
+        for variant in variants:
+            round_steps(config, variant)
     single = len(variants) == 1
     datasets: dict[str, Path] = {}
     for strategy in dict.fromkeys(variant.rewrite for variant in variants):
@@ -82,7 +84,6 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
             raise ConfigError("rewrite.shard_index runs one shard of mindgap-rewrite; the pipeline needs them all")
         datasets[strategy] = dataset
 
-    rounds = config.pipeline.rounds
     trained = []
     for variant in variants:
         variant_config = dataclasses.replace(
@@ -90,13 +91,13 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
             rewrite=dataclasses.replace(config.rewrite, strategy=variant.rewrite),
             train=dataclasses.replace(config.train, loss=variant.loss, dataset_path=str(datasets[variant.rewrite])),
         )
-        if rounds > 1 and variant.rewrite != "none":
+        if rounds_of(config, variant) > 1:
             done = run_rounds(variant_config, variant, datasets[variant.rewrite], output_dir, rewrite, train)
             last = done[-1]
             trained.append(TrainedVariant(variant, datasets[variant.rewrite], last.train_dir, last.model_dir, done))
             continue
-        if rounds > 1:
-            variant_config = with_steps(variant_config, steps_per_round(config) * rounds, datasets[variant.rewrite])
+        if several_rounds:
+            variant_config = with_steps(variant_config, round_steps(config, variant), datasets[variant.rewrite])
         train_dir = output_dir / TRAIN_DIR if single else output_dir / TRAIN_DIR / variant.name
         model_dir = train(variant_config, train_dir, label=None if single else variant.name)
         trained.append(TrainedVariant(variant, datasets[variant.rewrite], train_dir, model_dir))

@@ -22,10 +22,16 @@ class VariantConfig:
     # ``rewrite`` is shared by every variant.
     rewrite: str = "none"
     loss: LossConfig = field(default_factory=LossConfig)
+    # Rounds of rewriting and training of this variant (mindgap.pipeline.rounds); null: pipeline.rounds. A
+    # variant of one round beside one of three compares them at equal steps in one run.
+    rounds: int | None = None
 
     def __post_init__(self) -> None:
         require_label("pipeline.variants[].name", self.name)
         require_choice(f"pipeline.variants[{self.name}].rewrite", self.rewrite, REWRITE_STRATEGIES)
+        require_positive(f"pipeline.variants[{self.name}].rounds", self.rounds)
+        if self.rewrite == "none" and (self.rounds or 1) > 1:
+            raise ConfigError(f"pipeline.variants[{self.name}]: rewrite=none has no rewriting to repeat in rounds")
 
 
 ROUND_INITS = ("previous", "initial")
@@ -38,7 +44,7 @@ class RoundsConfig:
 
     # previous: round r trains on from round r-1's weights | initial: each round restarts from the initial model.
     init: str = "previous"
-    # Optimiser steps of each round; null splits train.max_steps evenly over the rounds.
+    # Optimiser steps of each round; null splits train.max_steps, every variant's budget, evenly over its rounds.
     steps_per_round: int | None = None
     # all: every problem is sampled again by the round's model (fresh on-policy data) | unsolved: only the
     # problems the last round fell back to the expert on; the other records are kept as they were.
@@ -64,8 +70,9 @@ class PipelineConfig:
     # Benchmarks (of eval.benchmarks) outside the fine-tuning target: they measure forgetting
     # and are reported apart from the target mean.
     forgetting_benchmarks: list[str] = field(default_factory=list)
-    # Rounds of rewriting and training (mindgap.pipeline.rounds): round r >= 2 rewrites the training problems
-    # with the model each variant trained in round r-1; 1 rewrites once, with the initial model.
+    # Rounds of rewriting and training of the variants that rewrite (mindgap.pipeline.rounds): round r >= 2
+    # rewrites the training problems with the model the variant trained in round r-1; 1 rewrites once, with the
+    # initial model.
     rounds: int = 1
 
     def __post_init__(self) -> None:

@@ -206,6 +206,7 @@ def _variants_summary(config: MindgapConfig, trained: list[TrainedVariant]) -> d
                 "dataset": str(item.dataset),
                 "train_dir": str(item.train_dir),
                 "model": str(item.model_dir),
+                "rounds": len(item.rounds) or 1,
             }
             for item in trained
         ],

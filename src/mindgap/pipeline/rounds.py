@@ -1,4 +1,4 @@
-"""Multi-round rewriting (``pipeline.rounds`` > 1): the training data follows the policy as it moves.
+"""Multi-round rewriting (``pipeline.rounds`` or a variant's ``rounds`` > 1): the training data follows the policy.
 
 Round 1 is the one-round pipeline: the initial model rewrites the training problems (once per strategy) and
 each variant trains on the result. Round r >= 2 rewrites them again, per variant, with the model that variant
@@ -53,18 +53,35 @@ def round_label(name: str, number: int, rounds: int) -> str:
     return name if number == rounds else f"{name}@r{number}"
 
 
-def steps_per_round(config: MindgapConfig) -> int:
-    """The optimiser steps of each round: rounds.steps_per_round, or train.max_steps split evenly."""
-    rounds, steps = config.pipeline.rounds, config.rounds.steps_per_round
+def rounds_of(config: MindgapConfig, variant: VariantConfig) -> int:
+    """A variant's rounds: its own ``rounds``, else pipeline.rounds; one for a variant without a rewrite."""
+    if variant.rewrite == "none":
+        return 1
+    return variant.rounds or config.pipeline.rounds
+
+
+def round_steps(config: MindgapConfig, variant: VariantConfig) -> int:
+    """The optimiser steps of each of the variant's rounds, in a pipeline where some variant has several.
+
+    train.max_steps is then every variant's budget, split evenly over its rounds, so that variants of one and of
+    several rounds compare at equal steps; rounds.steps_per_round instead sets each round's steps (a variant of
+    one round trains for pipeline.rounds of them).
+    """
+    count, steps = rounds_of(config, variant), config.rounds.steps_per_round
     if steps is not None:
-        return steps
+        return steps if count > 1 else steps * config.pipeline.rounds
     total = config.train.max_steps
-    if total is None or total % rounds:
+    if total is None:
         raise ConfigError(
-            f"pipeline.rounds={rounds}: set rounds.steps_per_round, or train.max_steps to a multiple of {rounds}"
-            f" (it is {total}), so that every round trains for the same number of steps"
+            "pipeline: with variants of several rounds, every variant trains for train.max_steps steps (split over"
+            " its rounds): set it, or rounds.steps_per_round"
         )
-    return total // rounds
+    if total % count:
+        raise ConfigError(
+            f"pipeline: {variant.name} trains for {count} rounds; set train.max_steps to a multiple of {count}"
+            f" (it is {total}) or set rounds.steps_per_round, so that every round trains for the same steps"
+        )
+    return total // count
 
 
 def with_steps(config: MindgapConfig, steps: int, dataset: Path, model: ModelConfig | None = None) -> MindgapConfig:
@@ -95,7 +112,7 @@ def run_rounds(
     train: Callable[..., Path],
 ) -> list[Round]:
     """Every round of one variant (``config`` is the variant's); round 1 trains on ``first_dataset``."""
-    rounds, steps = config.pipeline.rounds, steps_per_round(config)
+    rounds, steps = rounds_of(config, variant), round_steps(config, variant)
     done: list[Round] = []
     for number in range(1, rounds + 1):
         round_dir = output_dir / ROUNDS_DIR / str(number) / variant.name

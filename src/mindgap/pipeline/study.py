@@ -4,8 +4,8 @@
 multirun) and writes ``<dir>/summary/``: the seed table (mean and 95% t-interval over seeds of each
 variant's target and forgetting means), the paired differences the papers' claims rest on (each
 difference taken within a seed, then its mean, interval and the seeds in which it is positive), the
-training sets' composition per rewrite strategy and their alignment and diversity per source, ``study.md``
-with all four, and ``accuracy.png``.
+training sets' composition per rewrite strategy and their alignment and diversity per source, the rounds of
+multi-round variants (expert share and accuracy per round), ``study.md`` with them all, and ``accuracy.png``.
 The notebook reads the same reports (``MINDGAP_REPORTS``, printed at the end).
 """
 
@@ -22,7 +22,7 @@ import pandas as pd
 from mindgap.pipeline.analysis import Report, load_report, seed_table, seed_values, t_interval
 
 SUMMARY_DIR = "summary"
-# (compared, reference, groups): DR against raw data per loss, the rewriters against plain SFT.
+# (compared, reference, groups): DR against raw data per loss, the rewriters against plain SFT, rounds.
 PAIRS = (
     ("DR+SFT", "SFT", ("target", "forgetting")),
     ("DR+DFT", "DFT", ("target", "forgetting")),
@@ -31,6 +31,9 @@ PAIRS = (
     ("RL+SFT", "SFT", ("target", "forgetting")),
     ("DR+DFT", "base", ("target", "forgetting")),
     ("oracle", "base", ("target", "forgetting")),
+    # Three rounds of rewriting against one, at equal steps (experiment=study_rounds).
+    ("DR+DFT-3rounds", "DR+DFT", ("target", "forgetting")),
+    ("DR+IS-3rounds", "DR+IS", ("target", "forgetting")),
 )
 
 
@@ -88,6 +91,17 @@ def training_sets(reports: list[Report]) -> pd.DataFrame:
     return frames.groupby(["rewrite", "source"], sort=False).mean().round(4)
 
 
+def rounds_summary(reports: list[Report]) -> pd.DataFrame | None:
+    """Per multi-round variant and round: expert share, behaviour log-prob and accuracy, mean over seeds (None
+    when no run had several rounds)."""
+    frames = [report.rounds for report in reports if report.rounds is not None]
+    if not frames:
+        return None
+    table = pd.concat(frames).assign(expert_share=lambda frame: 100 * frame["expert_share"])
+    columns = ["expert_share", "behavior_logprob", "alignment_nll", "target", "forgetting"]
+    return table.groupby(["variant", "round"], sort=False)[columns].mean().round(3)
+
+
 def plot_seed_means(values: pd.DataFrame, path: Path) -> None:
     variants = list(dict.fromkeys(values["variant"]))
     groups = list(dict.fromkeys(values["group"]))
@@ -133,12 +147,14 @@ def write_study(study_dir: Path, directories: list[Path]) -> str:
     out = study_dir / SUMMARY_DIR
     out.mkdir(parents=True, exist_ok=True)
     seeds, pairs, sources = seed_table(reports), paired_differences(values), composition(reports)
-    measured_sets = training_sets(reports)
+    measured_sets, rounds = training_sets(reports), rounds_summary(reports)
     seeds.to_csv(out / "seed_table.csv")
     pairs.to_csv(out / "paired_differences.csv", index=False)
     sources.to_csv(out / "composition.csv")
     measured_sets.to_csv(out / "training_sets.csv")
     values.to_csv(out / "seed_values.csv", index=False)
+    if rounds is not None:
+        rounds.to_csv(out / "rounds.csv")
     plot_seed_means(values, out / "accuracy.png")
     intervals = zip(pairs.get("mean", []), pairs.get("ci_low", []), pairs.get("ci_high", []), strict=True)
     shown = pairs.assign(difference=[f"{m:+.1f} [{low:+.1f}, {high:+.1f}]" for m, low, high in intervals])
@@ -152,6 +168,11 @@ def write_study(study_dir: Path, directories: list[Path]) -> str:
         "## Training sets' alignment (NLL under the initial model given the question alone) and diversity,"
         f" mean over seeds\n\n{markdown_table(measured_sets.reset_index(), index=False)}\n"
     )
+    if rounds is not None:
+        summary += (
+            "\n## Rounds (expert share in percent, accuracy in percent; mean over seeds)\n\n"
+            f"{markdown_table(rounds.reset_index(), index=False)}\n"
+        )
     (out / "study.md").write_text(summary)
     return summary
 
