@@ -132,7 +132,7 @@ def test_resolve_unsolved_rewrites_only_the_expert_fallbacks_and_keeps_the_rest(
         return train(run, output_dir, label)
 
     variant = VariantConfig("DR+SFT", "mind_the_gap")
-    done = run_rounds(config, variant, crafted, tmp_path / "out", rewrite, recording_train)
+    done = run_rounds(config, variant, crafted, tmp_path / "out", rewrite, recording_train, most_rounds=2)
 
     unsolved = {row["id"] for row in rows if row["source"] == "expert"}
     round_dir = tmp_path / "out" / "rounds" / "2" / "DR+SFT" / "rewrite"
@@ -151,3 +151,29 @@ def test_resolve_unsolved_rewrites_only_the_expert_fallbacks_and_keeps_the_rest(
     assert (counts["kept"], counts["resolved"]) == (len(rows) - len(unsolved), len(unsolved))
     # rounds.init=initial: round 2 restarts from the initial model.
     assert trained[1].model == config.model
+
+
+def test_a_merged_round_puts_every_record_of_a_resolved_problem_where_its_fallback_was(tmp_path: Path) -> None:
+    from mindgap.pipeline.rounds import _merge
+
+    config = _config("rewrite", tmp_path, "rewrite=none", "data.limit=3")
+    a, b, c = list(load_from_disk(str(rewrite(config, tmp_path / "raw"))))
+    a = {**a, "source": "self", "response_token_ids": [5, 6], "behavior_logprobs": [-1.0, -1.0],
+         "rescored_logprobs": [-1.0, -1.0]}  # fmt: skip
+    previous = tmp_path / "previous" / "dataset"
+    Dataset.from_list([a, b, c], features=FEATURES).save_to_disk(str(previous))
+    # Under rewrite.keep=all the round kept two solutions of b, and wrote nothing for c.
+    solutions = [{**a, "id": b["id"], "response": f"solution {n}", "source": "guided"} for n in (1, 2)]
+    resolved = tmp_path / "resolved" / "dataset"
+    Dataset.from_list(solutions, features=FEATURES).save_to_disk(str(resolved))
+    _merge(previous, resolved, "merged", tmp_path / "round")
+    merged = list(load_from_disk(str(tmp_path / "round" / "dataset")))
+    assert [(row["id"], row["source"], row["response"]) for row in merged] == [
+        (a["id"], "self", a["response"]),
+        (b["id"], "guided", "solution 1"),
+        (b["id"], "guided", "solution 2"),
+        (c["id"], "expert", c["response"]),
+    ]
+    manifest = json.loads((tmp_path / "round" / MANIFEST).read_text())
+    assert manifest["counts_per_source"] == {"self": 1, "guided": 2, "expert": 1}
+    assert (manifest["kept"], manifest["resolved"], manifest["problems"]) == (2, 1, 3)

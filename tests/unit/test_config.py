@@ -141,6 +141,27 @@ def test_bad_config_fails_fast_with_one_line(override: str, expected: str) -> No
         (["pipeline.rounds=3", "train.max_steps=null"], "every variant trains for train.max_steps steps"),
         (["pipeline.variants=[{name: SFT, rewrite: none, rounds: 2}]"], "rewrite=none has no rewriting to repeat"),
         (["rounds.resolve=some"], "rounds.resolve='some' is not one of all, unsolved"),
+        (
+            # One variant, but two training runs: each would start its own ranks.
+            [
+                "pipeline.variants=[{name: DR, rewrite: mind_the_gap}]",
+                "pipeline.baseline=DR",
+                "pipeline.rounds=2",
+                "train.max_steps=64",
+                "strategy=ddp",
+                "train.strategy.devices=2",
+            ],
+            "2 training runs (variants and their rounds) with strategy=ddp need ranks started by torchrun",
+        ),
+        (
+            [
+                "pipeline.variants=[{name: A, rewrite: mind_the_gap, rounds: 3}, {name: B, rewrite: mind_the_gap,"
+                " rounds: 2}]",
+                "pipeline.baseline=A",
+                "rounds.steps_per_round=5",
+            ],
+            "B trains for 2 rounds, which cannot split 3 rounds of rounds.steps_per_round=5 steps evenly",
+        ),
     ],
 )
 def test_rounds_that_cannot_split_the_steps_fail_before_any_work(overrides: list[str], message: str) -> None:

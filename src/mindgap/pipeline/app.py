@@ -34,13 +34,16 @@ def variants_of(config: MindgapConfig) -> list[VariantConfig]:
 
 
 def _check_launch(config: MindgapConfig, variants: list[VariantConfig]) -> None:
+    from mindgap.pipeline.rounds import rounds_of
+
     strategy = config.train.strategy
     relaunching = strategy.name in ("ddp", "fsdp2", "fsdp") and strategy.world_size > 1
-    if len(variants) > 1 and relaunching and not any(key in os.environ for key in _EXTERNAL_LAUNCH):
-        # Lightning would start new rank processes for every variant while the first ones still run.
+    runs = sum(rounds_of(config, variant) for variant in variants)
+    if runs > 1 and relaunching and not any(key in os.environ for key in _EXTERNAL_LAUNCH):
+        # Lightning would start new rank processes for every training run while the first ones still run.
         raise ConfigError(
-            f"pipeline: {len(variants)} variants with strategy={strategy.name} need ranks started by torchrun or"
-            " SLURM; on one machine use strategy=ddp_spawn"
+            f"pipeline: {runs} training runs (variants and their rounds) with strategy={strategy.name} need ranks"
+            " started by torchrun or SLURM; on one machine use strategy=ddp_spawn"
         )
 
 
@@ -71,10 +74,10 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
     variants = variants_of(config)
     _check_launch(config, variants)
     check_forgetting(config)
-    several_rounds = any(rounds_of(config, variant) > 1 for variant in variants)
-    if several_rounds:
+    most_rounds = max(rounds_of(config, variant) for variant in variants)
+    if most_rounds > 1:
         for variant in variants:
-            round_steps(config, variant)
+            round_steps(config, variant, most_rounds)
     single = len(variants) == 1
     datasets: dict[str, Path] = {}
     for strategy in dict.fromkeys(variant.rewrite for variant in variants):
@@ -92,12 +95,15 @@ def pipeline(config: MindgapConfig, output_dir: Path) -> float:
             train=dataclasses.replace(config.train, loss=variant.loss, dataset_path=str(datasets[variant.rewrite])),
         )
         if rounds_of(config, variant) > 1:
-            done = run_rounds(variant_config, variant, datasets[variant.rewrite], output_dir, rewrite, train)
+            done = run_rounds(
+                variant_config, variant, datasets[variant.rewrite], output_dir, rewrite, train, most_rounds
+            )
             last = done[-1]
             trained.append(TrainedVariant(variant, datasets[variant.rewrite], last.train_dir, last.model_dir, done))
             continue
-        if several_rounds:
-            variant_config = with_steps(variant_config, round_steps(config, variant), datasets[variant.rewrite])
+        if most_rounds > 1:
+            steps = round_steps(config, variant, most_rounds)
+            variant_config = with_steps(variant_config, steps, datasets[variant.rewrite])
         train_dir = output_dir / TRAIN_DIR if single else output_dir / TRAIN_DIR / variant.name
         model_dir = train(variant_config, train_dir, label=None if single else variant.name)
         trained.append(TrainedVariant(variant, datasets[variant.rewrite], train_dir, model_dir))

@@ -218,15 +218,13 @@ def _training_rows(trained: list[TrainedVariant]) -> list[list[Any]]:
     rows = []
     for item in trained:
         offset = 0
-        for train_dir in [step.train_dir for step in item.rounds] or [item.train_dir]:
-            last = 0
+        for train_dir, steps in [(step.train_dir, step.steps) for step in item.rounds] or [(item.train_dir, 0)]:
             with (train_dir / STEP_METRICS).open() as handle:
                 for record in csv.DictReader(handle):
-                    last = max(last, int(record["step"]) + 1)
                     for key, value in record.items():
                         if key.startswith(TRAINING_PREFIXES) and value != "":
                             rows.append([item.variant.name, offset + int(record["step"]), key, float(value)])
-            offset += last
+            offset += steps
     return rows
 
 

@@ -29,12 +29,15 @@ from mindgap.config import MindgapConfig
 from mindgap.data.config import DataConfig, FieldsConfig
 from mindgap.errors import ConfigError
 from mindgap.fingerprints import config_fingerprint
+from mindgap.locks import Lock
 from mindgap.models.config import ModelConfig
 from mindgap.pipeline.config import VariantConfig
 
 ROUNDS_DIR = "rounds"
 # The problems a round re-solves under rounds.resolve=unsolved, as a jsonl data file.
 UNSOLVED_FILE = "unsolved.jsonl"
+# Held while a round's records are merged, so that the ranks of a multi-process run merge once.
+MERGE_LOCK = "merge.lock"
 
 
 @dataclasses.dataclass
@@ -47,6 +50,8 @@ class Round:
     dataset: Path
     train_dir: Path
     model_dir: Path
+    # Its optimiser steps: the rounds of a variant follow one another on the report's step axis.
+    steps: int
 
 
 def round_label(name: str, number: int, rounds: int) -> str:
@@ -60,16 +65,21 @@ def rounds_of(config: MindgapConfig, variant: VariantConfig) -> int:
     return variant.rounds or config.pipeline.rounds
 
 
-def round_steps(config: MindgapConfig, variant: VariantConfig) -> int:
-    """The optimiser steps of each of the variant's rounds, in a pipeline where some variant has several.
+def round_steps(config: MindgapConfig, variant: VariantConfig, most_rounds: int) -> int:
+    """The optimiser steps of each of the variant's rounds, in a pipeline whose variants have up to ``most_rounds``.
 
     train.max_steps is then every variant's budget, split evenly over its rounds, so that variants of one and of
-    several rounds compare at equal steps; rounds.steps_per_round instead sets each round's steps (a variant of
-    one round trains for pipeline.rounds of them).
+    several rounds compare at equal steps. rounds.steps_per_round instead sets each round's steps, and every
+    variant's budget is ``most_rounds`` of them (split over its own rounds).
     """
     count, steps = rounds_of(config, variant), config.rounds.steps_per_round
     if steps is not None:
-        return steps if count > 1 else steps * config.pipeline.rounds
+        if steps * most_rounds % count:
+            raise ConfigError(
+                f"pipeline: {variant.name} trains for {count} rounds, which cannot split {most_rounds} rounds of"
+                f" rounds.steps_per_round={steps} steps evenly"
+            )
+        return steps * most_rounds // count
     total = config.train.max_steps
     if total is None:
         raise ConfigError(
@@ -110,9 +120,12 @@ def run_rounds(
     output_dir: Path,
     rewrite: Callable[..., Path | None],
     train: Callable[..., Path],
+    most_rounds: int,
 ) -> list[Round]:
-    """Every round of one variant (``config`` is the variant's); round 1 trains on ``first_dataset``."""
-    rounds, steps = rounds_of(config, variant), round_steps(config, variant)
+    """Every round of one variant (``config`` is the variant's); round 1 trains on ``first_dataset``.
+
+    ``most_rounds``: the most rounds of any variant of the pipeline (round_steps)."""
+    rounds, steps = rounds_of(config, variant), round_steps(config, variant, most_rounds)
     done: list[Round] = []
     for number in range(1, rounds + 1):
         round_dir = output_dir / ROUNDS_DIR / str(number) / variant.name
@@ -134,7 +147,7 @@ def run_rounds(
         model_dir = train(
             with_steps(round_config, steps, dataset, start), train_dir, label=f"{variant.name}-round{number}"
         )
-        done.append(Round(number, round_label(variant.name, number, rounds), dataset, train_dir, model_dir))
+        done.append(Round(number, round_label(variant.name, number, rounds), dataset, train_dir, model_dir, steps))
     return done
 
 
@@ -162,66 +175,83 @@ def unsolved_data(name: str, path: Path) -> DataConfig:
 def _resolve_unsolved(
     config: MindgapConfig, previous_dataset: Path, output_dir: Path, rewrite: Callable[..., Path | None]
 ) -> Path:
-    """Rewrite only the problems the last round fell back to the expert on, and keep every other record.
+    """Rewrite only the problems the last round fell back to the expert on, and keep every other record."""
+    from datasets import load_from_disk
 
-    The merged set keeps the last round's order; a problem the new rewrite drops keeps its expert record.
-    """
-    from datasets import Dataset, load_from_disk
-
-    from mindgap.records import FEATURES
     from mindgap.rewriting.run import DATASET_DIR, MANIFEST
 
-    previous = load_from_disk(str(previous_dataset))
-    unsolved = [row for row in previous if row["source"] == "expert"]
+    # An expert record is the fallback of a problem the round's model did not solve (its only record).
+    unsolved = list({row["id"]: row for row in load_from_disk(str(previous_dataset)) if row["source"] == "expert"})
     if not unsolved:
         return previous_dataset
+    previous = {row["id"]: row for row in load_from_disk(str(previous_dataset)) if row["id"] in unsolved}
     prefix = f"{config.data.name}/"
     lines = [
         json.dumps(
             {
-                "id": row["id"].removeprefix(prefix),
-                "problem": row["problem"],
-                "solution": row["expert_solution"],
-                "answer": row["answer"],
+                "id": problem_id.removeprefix(prefix),
+                "problem": previous[problem_id]["problem"],
+                "solution": previous[problem_id]["expert_solution"],
+                "answer": previous[problem_id]["answer"],
             }
         )
-        for row in unsolved
+        for problem_id in unsolved
     ]
     output_dir.mkdir(parents=True, exist_ok=True)
     publish.write_text(output_dir / UNSOLVED_FILE, "\n".join(lines) + "\n")
     subset = unsolved_data(config.data.name, output_dir / UNSOLVED_FILE)
     resolved = _complete(rewrite(dataclasses.replace(config, data=subset), output_dir / "resolved"))
-    previous_manifest = json.loads((previous_dataset.parent / MANIFEST).read_text())
-    resolved_manifest = json.loads((resolved.parent / MANIFEST).read_text())
-    fingerprint = config_fingerprint([previous_manifest["fingerprint"], resolved_manifest["fingerprint"]])
+    fingerprint = config_fingerprint(
+        [json.loads((path.parent / MANIFEST).read_text())["fingerprint"] for path in (previous_dataset, resolved)]
+    )
     manifest_path = output_dir / MANIFEST
-    if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("fingerprint") == fingerprint:
-        return output_dir / DATASET_DIR
+    with Lock(output_dir / MERGE_LOCK, config.rewrite.lock, config.rewrite.lock_stale_s):
+        if not (manifest_path.is_file() and json.loads(manifest_path.read_text()).get("fingerprint") == fingerprint):
+            _merge(previous_dataset, resolved, fingerprint, output_dir)
+    return output_dir / DATASET_DIR
 
-    new = {row["id"]: row for row in load_from_disk(str(resolved))}
-    rows = [new.get(row["id"], row) for row in previous]
+
+def _merge(previous_dataset: Path, resolved: Path, fingerprint: str, output_dir: Path) -> None:
+    """The last round's records in their order, each unsolved problem's expert record replaced by what this round
+    wrote for it (all of its records, under rewrite.keep; the expert record again where it wrote none)."""
+    from datasets import Dataset, load_from_disk
+
+    from mindgap.records import FEATURES
+    from mindgap.rewriting.run import DATASET_DIR, MANIFEST
+
+    new: dict[str, list[dict]] = {}
+    for row in load_from_disk(str(resolved)):
+        new.setdefault(row["id"], []).append(row)
+    previous = list(load_from_disk(str(previous_dataset)))
+    rows, replaced = [], set()
+    for row in previous:
+        if row["id"] not in new:
+            rows.append(row)
+        elif row["id"] not in replaced:
+            rows.extend(new[row["id"]])
+            replaced.add(row["id"])
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["source"]] = counts.get(row["source"], 0) + 1
     manifest: dict[str, Any] = {
         "fingerprint": fingerprint,
         "records": len(rows),
-        "problems": previous_manifest.get("problems", len(rows)),
+        "problems": len({row["id"] for row in rows}),
         "counts_per_source": counts,
         "resolve": "unsolved",
-        "kept": len(rows) - len(unsolved),
-        "resolved": len(unsolved),
-        "resolved_rewritten": sum(row["source"] != "expert" for row in new.values()),
+        "kept": len(previous) - len(replaced),
+        "resolved": len(replaced),
+        "resolved_rewritten": sum(row["source"] != "expert" for group in new.values() for row in group),
         "previous_dataset": str(previous_dataset),
         "resolved_dataset": str(resolved),
     }
     # As the stage commits: the old manifest goes first, the dataset is renamed into place, the manifest last.
+    manifest_path = output_dir / MANIFEST
     publish.clean_stale_staging(output_dir)
     publish.remove(manifest_path)
     with publish.staged_dir(output_dir / DATASET_DIR) as staging:
         Dataset.from_list(rows, features=FEATURES).save_to_disk(str(staging))
     publish.write_json(manifest_path, manifest, indent=2)
-    return output_dir / DATASET_DIR
 
 
 # The columns of rounds.csv, one row per (variant, round).

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
+import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import Logger
 
 from mindgap import publish
+from mindgap.app import is_rank_zero
 from mindgap.config import MindgapConfig
 from mindgap.data.datamodule import RewrittenDataModule
 from mindgap.models.loading import ModelSource, load_tokenizer, model_fingerprint
@@ -27,28 +28,28 @@ CHECKPOINT_DIR = "checkpoints"
 FINISHED = "finished.json"
 
 
-def _finished_key(config: MindgapConfig, model: ModelSource) -> dict[str, Any]:
-    """What a finished run was computed from: its settings, the initial weights' content, the dataset's manifest."""
+def training_fingerprint(config: MindgapConfig, model: ModelSource) -> dict[str, str]:
+    """Per part, what a run computes from: its settings (run_fingerprint), the content of its initial weights and
+    the fingerprint of its dataset's manifest. Checkpoints and finished runs carry it, so that other weights at
+    the same path (an earlier round retrained) or another dataset published at ``train.dataset_path`` are never
+    resumed or reused."""
     dataset = config.train.dataset_path
     manifest = Path(dataset).parent / MANIFEST if dataset is not None else None
     return {
-        "run": run_fingerprint(config),
-        "weights": model_fingerprint(model, config.cache_dir),
-        "dataset": json.loads(manifest.read_text())["fingerprint"] if manifest and manifest.is_file() else None,
+        **run_fingerprint(config),
+        "initial weights": model_fingerprint(model, config.cache_dir),
+        "dataset content": json.loads(manifest.read_text())["fingerprint"] if manifest and manifest.is_file() else "",
     }
 
 
 def finished_training(config: MindgapConfig, output_dir: Path) -> Path | None:
-    """The exported model of ``output_dir`` when the same run (same settings, weights and data) finished there.
-
-    A rerun (a resumed pipeline, a sweep run again) reuses it instead of training again. Other weights at the
-    same path (an earlier round retrained) or another dataset published at ``train.dataset_path`` train anew.
-    """
+    """The exported model of ``output_dir`` when the same run (training_fingerprint) finished there: a rerun (a
+    resumed pipeline, a sweep run again) reuses it instead of training again."""
     marker, export_dir = output_dir / FINISHED, output_dir / EXPORT_DIR
     if not (marker.is_file() and export_dir.is_dir()):
         return None
     model = resolve_model(config.model, config.cache_dir, config.data_root)
-    return export_dir if json.loads(marker.read_text()) == _finished_key(config, model) else None
+    return export_dir if json.loads(marker.read_text()) == training_fingerprint(config, model) else None
 
 
 def _start_step(resume: str | None) -> int | None:
@@ -74,10 +75,13 @@ def run_training(
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     module = FineTuningModule(model, config.model.dtype, train, export_dir)
     callbacks = list(callbacks or [])
-    fingerprint = run_fingerprint(config)
+    fingerprint = training_fingerprint(config, model)
     # Before the model loads: a checkpoint that cannot be resumed is refused at once.
     resume = resume_path(train.checkpoint.resume, checkpoint_dir, fingerprint)
     start = _start_step(resume)
+    if is_rank_zero():
+        # From here the directory's export is this run's to write: an earlier run's marker no longer vouches for it.
+        publish.remove(output_dir / FINISHED)
     for item in logger if isinstance(logger, list) else [logger]:
         if isinstance(item, AppendingCSVLogger) and start is not None:
             # Steps the run computes again (all of them when it starts afresh) are logged again, not twice.
@@ -127,5 +131,8 @@ def run_training(
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     if trainer.is_global_zero:
         load_tokenizer(model).save_pretrained(export_dir)
-        publish.write_json(output_dir / FINISHED, _finished_key(config, model))
+        publish.write_json(output_dir / FINISHED, fingerprint)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank returns once the export is whole: the next stage (a round's rewrite) reads and hashes it.
+        torch.distributed.barrier()
     return export_dir
