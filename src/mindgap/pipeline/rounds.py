@@ -7,8 +7,10 @@ round's model samples, re-solves its failures with the expert's hint, and falls 
 fail. That model is the behaviour policy of every record it writes (the rescored log-probs, expert text
 included), so the round's importance weights are against the model that produced its data. Under
 ``rounds.resolve=unsolved`` only the expert fallbacks are rewritten; the other records keep the model that
-wrote them as their behaviour policy. A variant without a rewrite strategy has no data to move: it trains once,
-for the steps of all rounds.
+wrote them as their behaviour policy. Under ``rewrite=sdft|rl_agent`` the rewriter of round r is the round r-1
+model; the RL adapter is trained again for it (the stage's fingerprint holds its weights), since a LoRA adapter
+is a delta learnt against the weights it was trained on. A variant without a rewrite strategy has no data to
+move: it trains once, for the whole budget.
 
 Each round writes ``rounds/<r>/<variant>/{rewrite,train}``; a killed pipeline restarts at the round and stage
 where it stopped, because every stage reuses its finished work.
