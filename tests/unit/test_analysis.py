@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mindgap.pipeline.analysis import Report, plot_weight_statistics_by_source, seed_values
+from mindgap.pipeline.analysis import Report, plot_weight_statistics_by_source, seed_table, seed_values
 from mindgap.pipeline.study import composition, paired_differences, report_dirs, rounds_summary, training_sets
 
 
@@ -116,3 +116,14 @@ def test_the_rounds_of_a_multi_round_variant_are_averaged_over_seeds_per_round()
     # Round 1: shares 40% and 50% -> 45%, targets 10 and 11 -> 10.5; round 2: 25% and 20.5.
     assert table.loc[("DR+IS", 1), ["expert_share", "target"]].tolist() == pytest.approx([45.0, 10.5])
     assert table.loc[("DR+IS", 2), ["expert_share", "target"]].tolist() == pytest.approx([25.0, 20.5])
+
+
+def test_the_seed_table_has_one_column_per_group_and_counts_each_variants_seeds() -> None:
+    # SFT at 10% and 20% over two seeds (mean 15, half-width t(1) * sd 7.07 / sqrt(2) = 12.706 * 5 = 63.5);
+    # the oracle control at 50% in one seed only.
+    reports = [_seed_report(seed, {("SFT", "target"): 0.1 * (seed + 1)}) for seed in (0, 1)]
+    reports.append(_seed_report(0, {("oracle", "target"): 0.5}, data="toy_train_native"))
+    table = seed_table(reports)
+    assert table.columns.tolist() == ["target", "seeds"]
+    assert table.loc["SFT"].tolist() == ["15.0 ± 63.5", 2]
+    assert table.loc["oracle"].tolist() == ["50.0 ± nan", 1]

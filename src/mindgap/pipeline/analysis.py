@@ -97,12 +97,16 @@ def t_interval(values: pd.Series) -> tuple[float, float]:
 
 
 def seed_table(reports: list[Report]) -> pd.DataFrame:
-    """Across runs that differ only in seed: mean and 95% t-interval of each variant's group means, percent."""
-    cells: dict[str, dict[str, str]] = {}
+    """Across runs that differ only in seed: mean and 95% t-interval of each variant's group means, percent, and
+    the number of seeds each variant ran with (a control swept beside the study may have fewer)."""
+    cells: dict[str, dict[str, str | int]] = {}
     for (variant, group), scores in seed_values(reports).groupby(["variant", "group"], sort=False)["value"]:
         mean, half = t_interval(scores)
-        cells.setdefault(variant, {})[f"{group} (n={len(scores)} seeds)"] = f"{mean:.1f} ± {half:.1f}"
-    return pd.DataFrame.from_dict(cells, orient="index")
+        row = cells.setdefault(variant, {})
+        row[group] = f"{mean:.1f} ± {half:.1f}"
+        row["seeds"] = max(int(row.get("seeds", 0)), len(scores))
+    table = pd.DataFrame.from_dict(cells, orient="index")
+    return table[[column for column in table.columns if column != "seeds"] + ["seeds"]]
 
 
 # Student's t 97.5% quantiles for 1..10 degrees of freedom; beyond, the normal 1.96 is within 6%.

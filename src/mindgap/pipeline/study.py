@@ -160,7 +160,7 @@ def write_study(study_dir: Path, directories: list[Path]) -> str:
     shown = pairs.assign(difference=[f"{m:+.1f} [{low:+.1f}, {high:+.1f}]" for m, low, high in intervals])
     columns = ["comparison", "group", "difference", "positive", "seeds", "per_seed"]
     summary = (
-        f"# {reports[0].variants['experiment']}: {len(reports)} seeds\n\n"
+        f"# {reports[0].variants['experiment']}: {values['seed'].nunique()} seeds, {len(reports)} runs\n\n"
         f"## Accuracy (percent, mean ± 95% t-interval over seeds)\n\n{markdown_table(seeds)}\n\n"
         f"## Paired differences (points, within seed)\n\n"
         f"{markdown_table(shown[columns], index=False) if len(pairs) else 'no pair of variants to compare'}\n\n"
