@@ -166,7 +166,7 @@ def test_a_merged_round_puts_every_record_of_a_resolved_problem_where_its_fallba
     solutions = [{**a, "id": b["id"], "response": f"solution {n}", "source": "guided"} for n in (1, 2)]
     resolved = tmp_path / "resolved" / "dataset"
     Dataset.from_list(solutions, features=FEATURES).save_to_disk(str(resolved))
-    _merge(previous, resolved, "merged", tmp_path / "round")
+    _merge([a, b, c], previous, resolved, "merged", tmp_path / "round")
     merged = list(load_from_disk(str(tmp_path / "round" / "dataset")))
     assert [(row["id"], row["source"], row["response"]) for row in merged] == [
         (a["id"], "self", a["response"]),

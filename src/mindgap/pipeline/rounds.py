@@ -182,22 +182,22 @@ def _resolve_unsolved(
 
     from mindgap.rewriting.run import DATASET_DIR, MANIFEST
 
+    previous = list(load_from_disk(str(previous_dataset)))
     # An expert record is the fallback of a problem the round's model did not solve (its only record).
-    unsolved = list({row["id"]: row for row in load_from_disk(str(previous_dataset)) if row["source"] == "expert"})
+    unsolved = {row["id"]: row for row in previous if row["source"] == "expert"}
     if not unsolved:
         return previous_dataset
-    previous = {row["id"]: row for row in load_from_disk(str(previous_dataset)) if row["id"] in unsolved}
     prefix = f"{config.data.name}/"
     lines = [
         json.dumps(
             {
                 "id": problem_id.removeprefix(prefix),
-                "problem": previous[problem_id]["problem"],
-                "solution": previous[problem_id]["expert_solution"],
-                "answer": previous[problem_id]["answer"],
+                "problem": row["problem"],
+                "solution": row["expert_solution"],
+                "answer": row["answer"],
             }
         )
-        for problem_id in unsolved
+        for problem_id, row in unsolved.items()
     ]
     output_dir.mkdir(parents=True, exist_ok=True)
     publish.write_text(output_dir / UNSOLVED_FILE, "\n".join(lines) + "\n")
@@ -209,22 +209,21 @@ def _resolve_unsolved(
     manifest_path = output_dir / MANIFEST
     with Lock(output_dir / MERGE_LOCK, config.rewrite.lock, config.rewrite.lock_stale_s):
         if not (manifest_path.is_file() and json.loads(manifest_path.read_text()).get("fingerprint") == fingerprint):
-            _merge(previous_dataset, resolved, fingerprint, output_dir)
+            _merge(previous, previous_dataset, resolved, fingerprint, output_dir)
     return output_dir / DATASET_DIR
 
 
-def _merge(previous_dataset: Path, resolved: Path, fingerprint: str, output_dir: Path) -> None:
-    """The last round's records in their order, each unsolved problem's expert record replaced by what this round
-    wrote for it (all of its records, under rewrite.keep; the expert record again where it wrote none)."""
-    from datasets import Dataset, load_from_disk
+def _merge(previous: list[dict], previous_dataset: Path, resolved: Path, fingerprint: str, output_dir: Path) -> None:
+    """The last round's records (``previous``, saved at ``previous_dataset``) in their order, each unsolved
+    problem's expert record replaced by what this round wrote for it (all of its records, under rewrite.keep;
+    the expert record again where it wrote none)."""
+    from datasets import load_from_disk
 
-    from mindgap.records import FEATURES
-    from mindgap.rewriting.run import DATASET_DIR, MANIFEST
+    from mindgap.rewriting.run import commit_dataset, source_counts
 
     new: dict[str, list[dict]] = {}
     for row in load_from_disk(str(resolved)):
         new.setdefault(row["id"], []).append(row)
-    previous = list(load_from_disk(str(previous_dataset)))
     rows, replaced = [], set()
     for row in previous:
         if row["id"] not in new:
@@ -232,14 +231,11 @@ def _merge(previous_dataset: Path, resolved: Path, fingerprint: str, output_dir:
         elif row["id"] not in replaced:
             rows.extend(new[row["id"]])
             replaced.add(row["id"])
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["source"]] = counts.get(row["source"], 0) + 1
     manifest: dict[str, Any] = {
         "fingerprint": fingerprint,
         "records": len(rows),
         "problems": len({row["id"] for row in rows}),
-        "counts_per_source": counts,
+        "counts_per_source": source_counts(rows),
         "resolve": "unsolved",
         "kept": len(previous) - len(replaced),
         "resolved": len(replaced),
@@ -247,13 +243,7 @@ def _merge(previous_dataset: Path, resolved: Path, fingerprint: str, output_dir:
         "previous_dataset": str(previous_dataset),
         "resolved_dataset": str(resolved),
     }
-    # As the stage commits: the old manifest goes first, the dataset is renamed into place, the manifest last.
-    manifest_path = output_dir / MANIFEST
-    publish.clean_stale_staging(output_dir)
-    publish.remove(manifest_path)
-    with publish.staged_dir(output_dir / DATASET_DIR) as staging:
-        Dataset.from_list(rows, features=FEATURES).save_to_disk(str(staging))
-    publish.write_json(manifest_path, manifest, indent=2)
+    commit_dataset(output_dir, rows, manifest)
 
 
 # The columns of rounds.csv, one row per (variant, round).

@@ -458,9 +458,7 @@ class RewriteStage:
                     nonfinite[key] += value
             compute_time += payload["wall_time_s"]
 
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row["source"]] = counts.get(row["source"], 0) + 1
+        counts = source_counts(rows)
         tokens_generated = sum(stats.tokens_generated for stats in stages.values())
         tokens_fixed_n = sum(stats.tokens_fixed_n for stats in stages.values())
         manifest = {
@@ -500,14 +498,28 @@ class RewriteStage:
             manifest["behavior_models"] = {source: model_fingerprint(behavior_models[source]) for source in counts}
         if self.config.rewrite.strategy == "rl_agent":
             manifest["rl_agent"] = rl_agent.training_summary(self.work)
-        # The dataset is staged privately and renamed into place; the manifest comes last and marks it done.
         # (Under the merge lock, with no manifest: a dataset/ already there is what a killed merge left.)
-        publish.clean_stale_staging(self.work)
-        dataset_dir = self.work / DATASET_DIR
-        with publish.staged_dir(dataset_dir) as staging:
-            Dataset.from_list(rows, features=FEATURES).save_to_disk(str(staging))
-        publish.write_json(self.work / MANIFEST, manifest, indent=2)
+        dataset_dir = commit_dataset(self.work, rows, manifest)
         return StageResult(dataset_dir, manifest, reused=False, sample_rows=rows)
+
+
+def commit_dataset(directory: Path, rows: list[dict[str, Any]], manifest: dict[str, Any]) -> Path:
+    """Write ``directory/{dataset,manifest.json}``: a stale manifest goes first, the dataset is staged privately and
+    renamed into place, and the manifest comes last and marks it done. Returns the dataset's directory."""
+    publish.clean_stale_staging(directory)
+    publish.remove(directory / MANIFEST)
+    with publish.staged_dir(directory / DATASET_DIR) as staging:
+        Dataset.from_list(rows, features=FEATURES).save_to_disk(str(staging))
+    publish.write_json(directory / MANIFEST, manifest, indent=2)
+    return directory / DATASET_DIR
+
+
+def source_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Records per source, in the order the sources first appear."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["source"]] = counts.get(row["source"], 0) + 1
+    return counts
 
 
 def _problems_per_source(records: list[Record]) -> dict[str, set[str]]:
