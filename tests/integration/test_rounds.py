@@ -177,3 +177,33 @@ def test_a_merged_round_puts_every_record_of_a_resolved_problem_where_its_fallba
     manifest = json.loads((tmp_path / "round" / MANIFEST).read_text())
     assert manifest["counts_per_source"] == {"self": 1, "guided": 2, "expert": 1}
     assert (manifest["kept"], manifest["resolved"], manifest["problems"]) == (2, 1, 3)
+
+
+@pytest.mark.parametrize("strategy", ["sdft", "rl_agent"])
+def test_the_rewriters_of_round_two_are_round_one_model(tmp_path: Path, strategy: str) -> None:
+    from mindgap.pipeline.rounds import run_rounds, trained_model
+
+    short = ["rewrite.rl_agent.max_completion_tokens=16", "rewrite.rl_agent.rewrite_sampling.max_tokens=16"]
+    config = _config(
+        "pipeline", tmp_path, f"rewrite={strategy}", "data.limit=2", "rewrite.rl_agent.prompts_per_step=1", *short,
+        "rewrite.sdft.sampling.max_tokens=16", "pipeline.rounds=2", "train.max_steps=2", "rounds.resolve=all",
+        f"rewrite.work_dir={tmp_path / 'work'}",
+    )  # fmt: skip
+    first = rewrite(config, tmp_path / "first")
+    variant = VariantConfig("V", strategy)
+    done = run_rounds(config, variant, first, tmp_path / "out", rewrite, train, most_rounds=2)
+
+    manifests = [json.loads((first.parent / MANIFEST).read_text())]
+    manifests.append(json.loads((done[1].dataset.parent / MANIFEST).read_text()))
+    initial = resolve_model(config.model, config.cache_dir, config.data_root)
+    round_one = resolve_model(trained_model(config.model, done[0].model_dir, "r1"), config.cache_dir, config.data_root)
+    assert manifests[0]["model"]["fingerprint"] == model_fingerprint(initial)
+    assert manifests[1]["model"]["fingerprint"] == model_fingerprint(round_one), "round 2 rewrites with round 1's model"
+    assert manifests[1]["behavior_models"]["expert"] == model_fingerprint(round_one)
+    if strategy == "rl_agent":
+        from mindgap.rewriting.rl_agent import merged_rewriter
+
+        # The adapter is trained again, against round 1's weights: each round's merged rewriter is its own model.
+        assert manifests[1]["rl_agent"]["steps"] == manifests[0]["rl_agent"]["steps"] > 0
+        rewriters = {model_fingerprint(str(merged_rewriter(work))) for work in (tmp_path / "work").iterdir()}
+        assert len(rewriters) == 2 and rewriters.isdisjoint({model_fingerprint(initial), model_fingerprint(round_one)})

@@ -207,3 +207,14 @@ def test_findings_name_the_best_variant_and_compare_with_the_initial_model_once(
     # With the initial model as the baseline, its difference is given once.
     (line,) = findings(against_base, against_base, trained)
     assert line.count("vs base") == 1
+
+
+def test_findings_name_every_variant_tied_for_best(runs: dict[str, Path], tmp_path: Path) -> None:
+    from mindgap.evaluation.compare import compare
+    from mindgap.pipeline.report import findings
+
+    # DR+DFT solves what DFT solves: neither is ranked above the other.
+    twin = fabricate(tmp_path, "DR+DFT", {"a": [1, 1], "b": [1, 1, 1, 1]})
+    variants = [load_variant(path) for path in (*runs.values(), twin)]
+    (line,) = findings({"target": compare(variants, "SFT", BootstrapConfig())}, {}, ["SFT", "DFT", "IS", "DR+DFT"])
+    assert line.startswith("best on target (avg@1, mean of a, b): DFT 100.00 [100.00, 100.00] (tied with DR+DFT);")

@@ -125,8 +125,8 @@ def _training_sets_markdown(rows: list[list[Any]]) -> str:
 
 
 def findings(sections: dict[str, Comparison], against_base: dict[str, Comparison], trained: list[str]) -> list[str]:
-    """Per benchmark group, the trained variant with the best mean of the headline metric, with its interval
-    and its paired differences to the baseline and (when evaluated) to the initial model."""
+    """Per benchmark group, the trained variant with the best mean of the headline metric (and any tied with it),
+    with its interval and its paired differences to the baseline and (when evaluated) to the initial model."""
     lines = []
     for group, comparison in sections.items():
         metric = comparison.metrics[0]
@@ -136,6 +136,10 @@ def findings(sections: dict[str, Comparison], against_base: dict[str, Comparison
             f"best on {group} ({metric}, mean of {', '.join(comparison.benchmarks)}): {best} "
             f"{format_percent(means[best].value, (means[best].low, means[best].high))}"
         )
+        # On a few hundred problems two variants often solve as many; naming one alone would rank them.
+        tied = [variant for variant in trained if variant != best and means[variant].value == means[best].value]
+        if tied:
+            line += f" (tied with {', '.join(tied)})"
         if best != comparison.baseline:
             line += f"; vs {comparison.baseline} {format_delta(comparison.deltas[metric][best]['mean'])}"
         if group in against_base and comparison.baseline != BASE_LABEL:
