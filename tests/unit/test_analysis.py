@@ -127,3 +127,28 @@ def test_the_seed_table_has_one_column_per_group_and_counts_each_variants_seeds(
     assert table.columns.tolist() == ["target", "seeds"]
     assert table.loc["SFT"].tolist() == ["15.0 ± 63.5", 2]
     assert table.loc["oracle"].tolist() == ["50.0 ± nan", 1]
+
+
+def test_the_rounds_table_has_a_column_for_each_source_some_round_has(tmp_path: Path) -> None:
+    from mindgap.pipeline.rounds import ROUND_COLUMNS, rounds_markdown
+
+    nan = float("nan")
+    # An SDFT variant (rewrites and fallbacks) and a Mind the Gap one (its own samples, guided, fallbacks).
+    rows = [
+        ["SDFT+SFT", 1, 8, 0, 0, 6, 2, 0.25, -0.5, 1.2, nan, nan, 10.0, 20.0],
+        ["DR+IS", 1, 8, 3, 4, 0, 1, 0.125, -0.4, 1.1, 0.05, 0.9, 12.5, nan],
+    ]
+    pd.DataFrame(rows, columns=list(ROUND_COLUMNS)).to_csv(tmp_path / "rounds.csv", index=False)
+    header, rule, *table = rounds_markdown(tmp_path / "rounds.csv").strip().splitlines()[-4:]
+    cells = [line.strip("|").split("|") for line in (header, rule, *table)]
+    assert [cell.strip() for cell in cells[0][:6]] == ["variant", "round", "self", "guided", "rewritten", "expert"]
+    assert {len(row) for row in cells} == {13}
+    assert [cell.strip() for cell in cells[2]] == [
+        "SDFT+SFT", "1", "0", "0", "6", "2", "25.0%", "-0.500", "1.200", "-", "-", "10.00", "20.00"
+    ]  # fmt: skip
+    assert [cell.strip() for cell in cells[3]][-3:] == ["0.900", "12.50", "-"]
+    # Mind the Gap alone never rewrites: no column of zeros.
+    pd.DataFrame(rows[1:], columns=list(ROUND_COLUMNS)).to_csv(tmp_path / "rounds.csv", index=False)
+    header, rule, row = rounds_markdown(tmp_path / "rounds.csv").strip().splitlines()[-3:]
+    assert "rewritten" not in header
+    assert header.count("|") == rule.count("|") == row.count("|") == 13

@@ -246,15 +246,14 @@ def _merge(previous: list[dict], previous_dataset: Path, resolved: Path, fingerp
     commit_dataset(output_dir, rows, manifest)
 
 
+# Records per source, the expert fallbacks last (beside their share).
+SOURCE_COLUMNS = ("self", "guided", "rewritten", "expert")
 # The columns of rounds.csv, one row per (variant, round).
 ROUND_COLUMNS = (
     "variant",
     "round",
     "records",
-    "self",
-    "guided",
-    "rewritten",
-    "expert",
+    *SOURCE_COLUMNS,
     "expert_share",
     "behavior_logprob",
     "alignment_nll",
@@ -299,7 +298,7 @@ def round_row(name: str, step: Round, sections: dict[str, Any]) -> dict[str, Any
         "variant": name,
         "round": step.number,
         "records": records,
-        **{source: counts.get(source, 0) for source in ("self", "guided", "rewritten", "expert")},
+        **{source: counts.get(source, 0) for source in SOURCE_COLUMNS},
         "expert_share": counts.get("expert", 0) / records,
         "behavior_logprob": sum(logprobs) / len(logprobs) if logprobs else float("nan"),
         "alignment_nll": quality["alignment_nll"],
@@ -321,9 +320,11 @@ def write_rounds(variants: list[tuple[str, list[Round]]], sections: dict[str, An
 
 
 def rounds_markdown(path: Path) -> str:
+    """The report's Rounds table; a source no round of any variant has (rewritten under mind_the_gap) has no column."""
     import pandas as pd
 
     table = pd.read_csv(path)
+    sources = [source for source in SOURCE_COLUMNS if table[source].any()]
     lines = [
         "## Rounds",
         "",
@@ -331,22 +332,20 @@ def rounds_markdown(path: Path) -> str:
         " behaviour policy, its alignment NLL under the initial model, the importance weights' mean variance and ESS"
         " over the round's steps, and the round's model's accuracy (percent).",
         "",
-        "| variant | round | self | guided | rewritten | expert | expert share | behaviour log-prob | alignment NLL"
+        "| variant | round | " + " | ".join(sources) + " | expert share | behaviour log-prob | alignment NLL"
         " | weight var | ESS | target | forgetting |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|" + "---:|" * (len(sources) + 7),
     ]
-    for row in table.itertuples():
+    for row in table.to_dict("records"):
         cells = [
-            row.variant,
-            row.round,
-            row.self,
-            row.guided,
-            row.rewritten,
-            row.expert,
-            f"{100 * row.expert_share:.1f}%",
-            *(_number(value, spec) for value, spec in ((row.behavior_logprob, ".3f"), (row.alignment_nll, ".3f"))),
-            *(_number(value, spec) for value, spec in ((row.weight_var, ".3g"), (row.ess, ".3f"))),
-            *(_number(value, ".2f") for value in (row.target, row.forgetting)),
+            row["variant"],
+            row["round"],
+            *(row[source] for source in sources),
+            f"{100 * row['expert_share']:.1f}%",
+            *(_number(row[column], ".3f") for column in ("behavior_logprob", "alignment_nll")),
+            _number(row["weight_var"], ".3g"),
+            _number(row["ess"], ".3f"),
+            *(_number(row[column], ".2f") for column in ("target", "forgetting")),
         ]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
