@@ -116,6 +116,8 @@ def test_the_rounds_of_a_multi_round_variant_are_averaged_over_seeds_per_round()
     # Round 1: shares 40% and 50% -> 45%, targets 10 and 11 -> 10.5; round 2: 25% and 20.5.
     assert table.loc[("DR+IS", 1), ["expert_share", "target"]].tolist() == pytest.approx([45.0, 10.5])
     assert table.loc[("DR+IS", 2), ["expert_share", "target"]].tolist() == pytest.approx([25.0, 20.5])
+    # Two seeds 10 points apart: the half-width is t(0.975, 1 df) * 7.071 / sqrt(2) = 12.706 * 5.
+    assert table.loc[("DR+IS", 1), ["expert_share_ci", "seeds"]].tolist() == pytest.approx([63.53, 2], abs=0.01)
 
 
 def test_the_seed_table_has_one_column_per_group_and_counts_each_variants_seeds() -> None:

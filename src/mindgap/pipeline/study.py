@@ -91,15 +91,42 @@ def training_sets(reports: list[Report]) -> pd.DataFrame:
     return frames.groupby(["rewrite", "source"], sort=False).mean().round(4)
 
 
+# The rounds summary's measures, with the decimals study.md shows them to.
+ROUND_MEASURES = {"expert_share": 1, "behavior_logprob": 3, "alignment_nll": 3, "target": 1, "forgetting": 1}
+
+
 def rounds_summary(reports: list[Report]) -> pd.DataFrame | None:
-    """Per multi-round variant and round: expert share, behaviour log-prob and accuracy, mean over seeds (None
-    when no run had several rounds)."""
+    """Per multi-round variant and round: expert share (percent), behaviour log-prob, alignment NLL and accuracy,
+    each as its mean over seeds and the half-width of its 95% t-interval (``<measure>_ci``); None when no run had
+    several rounds."""
     frames = [report.rounds for report in reports if report.rounds is not None]
     if not frames:
         return None
     table = pd.concat(frames).assign(expert_share=lambda frame: 100 * frame["expert_share"])
-    columns = ["expert_share", "behavior_logprob", "alignment_nll", "target", "forgetting"]
-    return table.groupby(["variant", "round"], sort=False)[columns].mean().round(3)
+    rows = {}
+    for key, group in table.groupby(["variant", "round"], sort=False):
+        intervals = {measure: t_interval(group[measure]) for measure in ROUND_MEASURES}
+        rows[key] = {
+            **{measure: mean for measure, (mean, _) in intervals.items()},
+            **{f"{measure}_ci": half for measure, (_, half) in intervals.items()},
+            "seeds": len(group),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["variant", "round"])
+
+
+def rounds_markdown_table(rounds: pd.DataFrame) -> str:
+    """The rounds summary as study.md shows it: mean ± half-width of the 95% t-interval over seeds."""
+    shown = pd.DataFrame(
+        {
+            measure: [
+                f"{mean:.{decimals}f} ± {half:.{decimals}f}"
+                for mean, half in zip(rounds[measure], rounds[f"{measure}_ci"], strict=True)
+            ]
+            for measure, decimals in ROUND_MEASURES.items()
+        },
+        index=rounds.index,
+    ).assign(seeds=rounds["seeds"])
+    return markdown_table(shown.reset_index(), index=False)
 
 
 def plot_seed_means(values: pd.DataFrame, path: Path) -> None:
@@ -170,8 +197,8 @@ def write_study(study_dir: Path, directories: list[Path]) -> str:
     )
     if rounds is not None:
         summary += (
-            "\n## Rounds (expert share in percent, accuracy in percent; mean over seeds)\n\n"
-            f"{markdown_table(rounds.reset_index(), index=False)}\n"
+            "\n## Rounds (expert share and accuracy in percent; mean ± 95% t-interval over seeds)\n\n"
+            f"{rounds_markdown_table(rounds)}\n"
         )
     (out / "study.md").write_text(summary)
     return summary
