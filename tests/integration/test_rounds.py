@@ -207,3 +207,36 @@ def test_the_rewriters_of_round_two_are_round_one_model(tmp_path: Path, strategy
         assert manifests[1]["rl_agent"]["steps"] == manifests[0]["rl_agent"]["steps"] > 0
         rewriters = {model_fingerprint(str(merged_rewriter(work))) for work in (tmp_path / "work").iterdir()}
         assert len(rewriters) == 2 and rewriters.isdisjoint({model_fingerprint(initial), model_fingerprint(round_one)})
+
+
+def test_a_round_stage_by_stage_makes_the_pipelines_dataset(
+    tmp_path: Path, tiny_tokenizer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mindgap.pipeline.rounds import _resolve_unsolved, main
+
+    config = _config("pipeline", tmp_path, "rewrite=none", "data.limit=4")
+    rows = list(load_from_disk(str(rewrite(config, tmp_path / "first"))))
+    # Round 1 as if the model had solved the first problem: only the other three are re-solved.
+    ids = tiny_tokenizer(rows[0]["response"], add_special_tokens=False)["input_ids"]
+    rows[0].update(source="self", response_token_ids=ids, behavior_logprobs=[-1.0] * len(ids))
+    rows[0]["rescored_logprobs"] = [-1.0] * len(ids)
+    previous = tmp_path / "round1" / "dataset"
+    Dataset.from_list(rows, features=FEATURES).save_to_disk(str(previous))
+    (previous.parent / MANIFEST).write_text(json.dumps({"fingerprint": "round1", "counts_per_source": {}}))
+    resolving = _config("pipeline", tmp_path, "data.limit=4", "rewrite=mind_the_gap")
+    in_pipeline = _resolve_unsolved(resolving, previous, tmp_path / "pipeline", rewrite)
+
+    stages = tmp_path / "stages"
+    assert main(["unsolved", str(previous), str(stages), "--data-name", config.data.name]) == 0
+    printed = capsys.readouterr().out
+    assert "3 of 4 problems to re-solve" in printed
+    subset = printed.split("rewrite them with ")[1].split()
+    resolved = rewrite(_config("pipeline", tmp_path, "rewrite=mind_the_gap", *subset), stages / "resolved")
+    assert main(["merge", str(previous), str(resolved), str(stages)]) == 0
+
+    manifests = [json.loads((path / MANIFEST).read_text()) for path in (tmp_path / "pipeline", stages)]
+    assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"], "the same problems, rewritten alike"
+    assert list(load_from_disk(str(stages / "dataset"))) == list(load_from_disk(str(in_pipeline)))
+    assert main(["unsolved", str(tmp_path / "missing"), str(stages), "--data-name", "x"]) == 2
+    assert main(["unsolved", str(previous), str(stages), "--data-name", "another"]) == 2
+    assert "is not a problem of the training set 'another'" in capsys.readouterr().err

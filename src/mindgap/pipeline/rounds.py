@@ -18,10 +18,12 @@ where it stopped, because every stage reuses its finished work.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -180,14 +182,27 @@ def _resolve_unsolved(
     """Rewrite only the problems the last round fell back to the expert on, and keep every other record."""
     from datasets import load_from_disk
 
-    from mindgap.rewriting.run import DATASET_DIR, MANIFEST
-
     previous = list(load_from_disk(str(previous_dataset)))
+    unsolved = write_unsolved(previous, config.data.name, output_dir)
+    if unsolved is None:
+        return previous_dataset
+    subset = unsolved_data(config.data.name, unsolved)
+    resolved = _complete(rewrite(dataclasses.replace(config, data=subset), output_dir / "resolved"))
+    lock = config.rewrite.lock, config.rewrite.lock_stale_s
+    return merge_round(previous_dataset, resolved, output_dir, *lock, previous=previous)
+
+
+def write_unsolved(previous: list[dict], data_name: str, output_dir: Path) -> Path | None:
+    """``output_dir/unsolved.jsonl``: the problems of the expert records of ``previous`` (the last round's
+    records of the training set ``data_name``), as a jsonl data file (unsolved_data); None when there are none."""
     # An expert record is the fallback of a problem the round's model did not solve (its only record).
     unsolved = {row["id"]: row for row in previous if row["source"] == "expert"}
     if not unsolved:
-        return previous_dataset
-    prefix = f"{config.data.name}/"
+        return None
+    prefix = f"{data_name}/"
+    for problem_id in unsolved:
+        if not problem_id.startswith(prefix):
+            raise ConfigError(f"rounds: record {problem_id!r} is not a problem of the training set {data_name!r}")
     lines = [
         json.dumps(
             {
@@ -201,15 +216,32 @@ def _resolve_unsolved(
     ]
     output_dir.mkdir(parents=True, exist_ok=True)
     publish.write_text(output_dir / UNSOLVED_FILE, "\n".join(lines) + "\n")
-    subset = unsolved_data(config.data.name, output_dir / UNSOLVED_FILE)
-    resolved = _complete(rewrite(dataclasses.replace(config, data=subset), output_dir / "resolved"))
+    return output_dir / UNSOLVED_FILE
+
+
+def merge_round(
+    previous_dataset: Path,
+    resolved: Path,
+    output_dir: Path,
+    lock: str = "flock",
+    lock_stale_s: float = 600.0,
+    previous: list[dict] | None = None,
+) -> Path:
+    """``output_dir/dataset``: the last round's records with the re-solved problems' records in place of their
+    fallbacks, merged once (under a lock, by the fingerprint of both inputs) by however many jobs ask.
+    ``previous``: the records of ``previous_dataset``, when the caller has read them."""
+    from datasets import load_from_disk
+
+    from mindgap.rewriting.run import DATASET_DIR, MANIFEST
+
     fingerprint = config_fingerprint(
         [json.loads((path.parent / MANIFEST).read_text())["fingerprint"] for path in (previous_dataset, resolved)]
     )
     manifest_path = output_dir / MANIFEST
-    with Lock(output_dir / MERGE_LOCK, config.rewrite.lock, config.rewrite.lock_stale_s):
+    with Lock(output_dir / MERGE_LOCK, lock, lock_stale_s):
         if not (manifest_path.is_file() and json.loads(manifest_path.read_text()).get("fingerprint") == fingerprint):
-            _merge(previous, previous_dataset, resolved, fingerprint, output_dir)
+            rows = previous if previous is not None else list(load_from_disk(str(previous_dataset)))
+            _merge(rows, previous_dataset, resolved, fingerprint, output_dir)
     return output_dir / DATASET_DIR
 
 
@@ -354,3 +386,48 @@ def rounds_markdown(path: Path) -> str:
 def _number(value: float, spec: str) -> str:
     """A value of the table; a measure that does not apply (a loss without weights, no forgetting set) is '-'."""
     return "-" if math.isnan(value) else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A ``resolve=unsolved`` round stage by stage, as the cluster recipe runs it (README "Multi-round rewriting"):
+    ``unsolved`` writes the problems to re-solve, a sharded mindgap-rewrite re-solves them, ``merge`` merges."""
+    from datasets import load_from_disk
+
+    from mindgap.rewriting.run import MANIFEST
+
+    parser = argparse.ArgumentParser(prog="python -m mindgap.pipeline.rounds", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    unsolved = commands.add_parser("unsolved", help="write the problems the last round fell back to the expert on")
+    unsolved.add_argument("previous", type=Path, help="the last round's dataset directory")
+    unsolved.add_argument("output_dir", type=Path, help=f"where {UNSOLVED_FILE} goes")
+    unsolved.add_argument("--data-name", required=True, help="data.name of the training set")
+    merge = commands.add_parser("merge", help="the last round's records, the re-solved ones in their place")
+    merge.add_argument("previous", type=Path, help="the last round's dataset directory")
+    merge.add_argument("resolved", type=Path, help="the dataset directory of the re-solved problems' rewrite")
+    merge.add_argument("output_dir", type=Path, help="where the round's dataset and manifest go")
+    merge.add_argument("--lock", choices=("flock", "file"), default="flock", help="as rewrite.lock")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "unsolved":
+            previous = list(load_from_disk(str(args.previous)))
+            path = write_unsolved(previous, args.data_name, args.output_dir)
+            if path is None:
+                print(f"mindgap-rounds: {args.previous} has no expert fallback: the round trains on it as it is")
+                return 0
+            count = sum(row["source"] == "expert" for row in previous)
+            print(
+                f"mindgap-rounds: {count} of {len(previous)} problems to re-solve in {path}; rewrite them with"
+                f" data=file data.name={args.data_name} data.path={path.resolve()} data.fields.id=id"
+            )
+        else:
+            dataset = merge_round(args.previous, args.resolved, args.output_dir, args.lock)
+            counts = json.loads((dataset.parent / MANIFEST).read_text())["counts_per_source"]
+            print(f"mindgap-rounds: the round's dataset is {dataset} ({counts})")
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"mindgap-rounds: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
