@@ -13,7 +13,8 @@ is a delta learnt against the weights it was trained on. A variant without a rew
 move: it trains once, for the whole budget.
 
 Each round writes ``rounds/<r>/<variant>/{rewrite,train}``; a killed pipeline restarts at the round and stage
-where it stopped, because every stage reuses its finished work.
+where it stopped, because every stage reuses its finished work. On a cluster, ``python -m mindgap.pipeline.rounds
+unsolved|merge`` runs a ``resolve=unsolved`` round's steps around a sharded rewrite (README).
 """
 
 from __future__ import annotations
