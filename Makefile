@@ -52,9 +52,11 @@ study: env
 	$(BIN)/mindgap-pipeline -m experiment=study_oracle +sweep=seeds output_dir=$(STUDY_DIR)/oracle
 	$(BIN)/python -m mindgap.pipeline.study $(STUDY_DIR)
 
-# One round of rewriting against three, at equal steps (DR+DFT and DR+IS), over the study's five seeds.
+# One round of rewriting against three, at equal steps (DR+DFT and DR+IS), over the study's five seeds, and
+# the control of three rounds on round 1's data ($(ROUNDS_STUDY_DIR)/restarts/<n>).
 study-rounds: env
 	$(BIN)/mindgap-pipeline -m experiment=study_rounds +sweep=seeds output_dir=$(ROUNDS_STUDY_DIR)
+	$(BIN)/mindgap-pipeline -m experiment=study_rounds_restarts +sweep=seeds output_dir=$(ROUNDS_STUDY_DIR)/restarts
 	$(BIN)/python -m mindgap.pipeline.study $(ROUNDS_STUDY_DIR)
 
 # One worker per core, a test file per worker (module fixtures such as a vLLM engine start once), the

@@ -240,3 +240,33 @@ def test_a_round_stage_by_stage_makes_the_pipelines_dataset(
     assert main(["unsolved", str(tmp_path / "missing"), str(stages), "--data-name", "x"]) == 2
     assert main(["unsolved", str(previous), str(stages), "--data-name", "another"]) == 2
     assert "is not a problem of the training set 'another'" in capsys.readouterr().err
+
+
+def test_resolve_none_trains_every_round_on_round_one_records(tmp_path: Path) -> None:
+    from mindgap.pipeline.rounds import run_rounds
+
+    config = _config(
+        "pipeline",
+        tmp_path,
+        "rewrite=none",
+        "data.limit=4",
+        "train.max_steps=4",
+        "pipeline.rounds=2",
+        "rounds.resolve=none",
+    )
+    first = rewrite(config, tmp_path / "first")
+
+    def no_rewrite(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("resolve=none rewrote a round")
+
+    trained: list[MindgapConfig] = []
+
+    def recording_train(run: MindgapConfig, output_dir: Path, label: str | None = None) -> Path:
+        trained.append(run)
+        return train(run, output_dir, label)
+
+    done = run_rounds(config, VariantConfig("DR+SFT", "mind_the_gap"), first, tmp_path, no_rewrite, recording_train, 2)
+    assert [(step.dataset, step.steps) for step in done] == [(first, 2), (first, 2)]
+    # Round 2 trains on from round 1's weights, with an optimiser and a schedule of its own.
+    assert trained[1].model.name_or_path == str(done[0].model_dir)
+    assert _steps(done[1].train_dir) == [0, 1]

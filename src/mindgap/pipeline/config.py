@@ -35,7 +35,7 @@ class VariantConfig:
 
 
 ROUND_INITS = ("previous", "initial")
-ROUND_RESOLVES = ("all", "unsolved")
+ROUND_RESOLVES = ("all", "unsolved", "none")
 
 
 @dataclass
@@ -47,7 +47,9 @@ class RoundsConfig:
     # Optimiser steps of each round; null splits train.max_steps, every variant's budget, evenly over its rounds.
     steps_per_round: int | None = None
     # all: every problem is sampled again by the round's model (fresh on-policy data) | unsolved: only the
-    # problems the last round fell back to the expert on; the other records are kept as they were.
+    # problems the last round fell back to the expert on; the other records are kept as they were | none: no
+    # problem, every round trains on round 1's records (a control: the rounds' restarts of the optimiser and of
+    # the learning-rate schedule, without the data that moves).
     resolve: str = "all"
 
     def __post_init__(self) -> None:

@@ -159,6 +159,8 @@ def run_rounds(
 def _rewrite_round(
     config: MindgapConfig, previous_dataset: Path, output_dir: Path, rewrite: Callable[..., Path | None]
 ) -> Path:
+    if config.rounds.resolve == "none":
+        return previous_dataset
     if config.rounds.resolve == "all":
         return _complete(rewrite(config, output_dir))
     return _resolve_unsolved(config, previous_dataset, output_dir, rewrite)

@@ -31,9 +31,14 @@ PAIRS = (
     ("RL+SFT", "SFT", ("target", "forgetting")),
     ("DR+DFT", "base", ("target", "forgetting")),
     ("oracle", "base", ("target", "forgetting")),
-    # Three rounds of rewriting against one, at equal steps (experiment=study_rounds).
+    # Three rounds of rewriting against one, at equal steps (experiment=study_rounds), and against three rounds
+    # on round 1's data (experiment=study_rounds_restarts): what rewriting again adds, what the restarts cost.
     ("DR+DFT-3rounds", "DR+DFT", ("target", "forgetting")),
     ("DR+IS-3rounds", "DR+IS", ("target", "forgetting")),
+    ("DR+DFT-3rounds", "DR+DFT-3restarts", ("target", "forgetting")),
+    ("DR+IS-3rounds", "DR+IS-3restarts", ("target", "forgetting")),
+    ("DR+DFT-3restarts", "DR+DFT", ("target", "forgetting")),
+    ("DR+IS-3restarts", "DR+IS", ("target", "forgetting")),
 )
 
 
