@@ -7,7 +7,9 @@ round's model samples, re-solves its failures with the expert's hint, and falls 
 fail. That model is the behaviour policy of every record it writes (the rescored log-probs, expert text
 included), so the round's importance weights are against the model that produced its data. Under
 ``rounds.resolve=unsolved`` only the expert fallbacks are rewritten; the other records keep the model that
-wrote them as their behaviour policy. Under ``rewrite=sdft|rl_agent`` the rewriter of round r is the round r-1
+wrote them as their behaviour policy; under ``resolve=none`` nothing is, and every round trains on round 1's
+records (the control for what restarting the optimiser and the schedule each round does). Under
+``rewrite=sdft|rl_agent`` the rewriter of round r is the round r-1
 model; the RL adapter is trained again for it (the stage's fingerprint holds its weights), since a LoRA adapter
 is a delta learnt against the weights it was trained on. A variant without a rewrite strategy has no data to
 move: it trains once, for the whole budget.
