@@ -9,10 +9,9 @@ included), so the round's importance weights are against the model that produced
 ``rounds.resolve=unsolved`` only the expert fallbacks are rewritten; the other records keep the model that
 wrote them as their behaviour policy; under ``resolve=none`` nothing is, and every round trains on round 1's
 records (the control for what restarting the optimiser and the schedule each round does). Under
-``rewrite=sdft|rl_agent`` the rewriter of round r is the round r-1
-model; the RL adapter is trained again for it (the stage's fingerprint holds its weights), since a LoRA adapter
-is a delta learnt against the weights it was trained on. A variant without a rewrite strategy has no data to
-move: it trains once, for the whole budget.
+``rewrite=sdft|rl_agent`` the rewriter of round r is the round r-1 model; the RL adapter is trained again for
+it (the stage's fingerprint holds its weights), since a LoRA adapter is a delta learnt against the weights it
+was trained on. A variant without a rewrite strategy has no data to move: it trains once, for the whole budget.
 
 Each round writes ``rounds/<r>/<variant>/{rewrite,train}``; a killed pipeline restarts at the round and stage
 where it stopped, because every stage reuses its finished work. On a cluster, ``python -m mindgap.pipeline.rounds
@@ -193,8 +192,9 @@ def _resolve_unsolved(
         return previous_dataset
     subset = unsolved_data(config.data.name, unsolved)
     resolved = _complete(rewrite(dataclasses.replace(config, data=subset), output_dir / "resolved"))
-    lock = config.rewrite.lock, config.rewrite.lock_stale_s
-    return merge_round(previous_dataset, resolved, output_dir, *lock, previous=previous)
+    return merge_round(
+        previous_dataset, resolved, output_dir, config.rewrite.lock, config.rewrite.lock_stale_s, previous=previous
+    )
 
 
 def write_unsolved(previous: list[dict], data_name: str, output_dir: Path) -> Path | None:
